@@ -1,0 +1,59 @@
+"""Run the whole course: execute every notebook on the toy profile into ``outputs/``.
+
+    python -m helpers.course --output outputs        (what `make course` runs)
+
+Executed notebooks land in ``outputs/notebooks/``; the figures they save land in
+``outputs/figures/``. The committed notebooks are never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from helpers.cli import UsageError, run_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def notebooks(folder: Path = ROOT / "notebooks") -> list[Path]:
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def execute(notebook: Path, output: Path, timeout: int = 1800) -> float:
+    """Execute one notebook in a fresh kernel, from the notebooks folder; returns seconds taken."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(notebook, as_version=4)
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    nbformat.write(nb, output / "notebooks" / notebook.name)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, default=ROOT / "outputs")
+    parser.add_argument("--only", default=None, help="run only notebooks whose name contains this text")
+    args = parser.parse_args(argv)
+    chosen = [nb for nb in notebooks() if args.only is None or args.only in nb.name]
+    if not chosen:
+        raise UsageError(f"no notebook matches {args.only!r}")
+    output = args.output.resolve()
+    (output / "notebooks").mkdir(parents=True, exist_ok=True)
+    os.environ["COURSE_OUTPUTS"] = str(output)
+    os.environ.setdefault("COURSE_PROFILE", "toy")
+    total = 0.0
+    for nb in chosen:
+        seconds = execute(nb, output)
+        total += seconds
+        print(f"{nb.name:45s} {seconds:7.1f} s")
+    print(f"{'all notebooks':45s} {total:7.1f} s -> {output}/notebooks, {output}/figures")
+
+
+if __name__ == "__main__":
+    run_main(main)

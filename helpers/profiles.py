@@ -1,0 +1,142 @@
+"""The two model profiles, and the one place where device and dtype are chosen.
+
+`toy` is the embedded 64x64 Stable Diffusion under `data/toy-sd`: CPU, float32, runs everywhere,
+offline. `sd15` is Stable Diffusion 1.5 (or any SD 1.x/2.x id or local folder) on a CUDA GPU with
+its frozen parts in float16, which is what makes a DreamBooth fine-tune fit a free Colab T4. A
+profile changes values only (model, resolution, steps, dtype); the same functions run for both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from helpers.cli import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+TOY_MODEL = DATA / "toy-sd"
+TOY_JUDGE = DATA / "toy-judge"
+SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between the toy model on a CPU and SD 1.5 on a GPU."""
+
+    name: str
+    model: str
+    device: str
+    dtype: torch.dtype  # of the frozen parts (VAE, text encoder when not trained)
+    resolution: int
+    num_inference_steps: int
+    guidance_scale: float
+
+    @property
+    def is_toy(self) -> bool:
+        return self.name == "toy"
+
+
+TOY = Profile("toy", str(TOY_MODEL), "cpu", torch.float32, 64, 50, 4.0)
+SD15 = Profile("sd15", SD15_MODEL, "cuda", torch.float16, 512, 50, 7.5)
+PROFILES = {"toy": TOY, "sd15": SD15}
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers (never true with HF_HUB_OFFLINE=1)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def choose_profile(name: str | None = None) -> Profile:
+    """``name`` if given (or $COURSE_PROFILE), else sd15 when a CUDA GPU and the hub are there, else toy."""
+    name = name or os.environ.get("COURSE_PROFILE")
+    if name is None:
+        name = "sd15" if torch.cuda.is_available() and hub_reachable() else "toy"
+    if name not in PROFILES:
+        raise UsageError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    profile = PROFILES[name]
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("the sd15 profile needs a CUDA GPU and none is visible: use the toy profile on a CPU")
+    return profile
+
+
+def profile_for_model(model: str) -> Profile:
+    """The profile a ``--model`` value implies: toy for the toy model or a fine-tune of it, sd15 otherwise."""
+    path = resolve_model(model)
+    if Path(path).is_dir() and _is_toy_folder(Path(path)):
+        return replace(TOY, model=path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    return replace(SD15, model=path, device=device, dtype=dtype)
+
+
+def _is_toy_folder(path: Path) -> bool:
+    config = path / "unet" / "config.json"
+    return config.exists() and '"sample_size": 16' in config.read_text()
+
+
+def resolve_model(model: str) -> str:
+    """`toy`, a local folder written by `save_pretrained`, or a hub id; fails with one clear line."""
+    if model == "toy":
+        model = str(TOY_MODEL)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise UsageError(f"{model} is a folder but not a diffusers pipeline (no model_index.json): "
+                             "pass a folder written by StableDiffusionPipeline.save_pretrained")
+        return str(path)
+    if not HUB_ID.fullmatch(model):
+        raise UsageError(f"model path {model!r} does not exist: pass --model toy, a folder written by "
+                         f"save_pretrained, or a hub id such as {SD15_MODEL}")
+    return model
+
+
+def load_pipeline(model: str = "toy", profile: Profile | None = None):
+    """A StableDiffusionPipeline on the profile's device and dtype, sampling with DDIM."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    path = resolve_model(model)
+    profile = profile or profile_for_model(model)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=profile.dtype, safety_checker=None,
+                                                       requires_safety_checker=False)
+    except OSError as err:
+        raise UsageError(f"could not load {model!r}: it is no local folder, and the hub could not give it "
+                         f"({str(err).splitlines()[0][:120]}); offline, run `python -m helpers.profiles "
+                         "download` on a connected machine first") from None
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(profile.device)
+
+
+def download(model: str = SD15_MODEL) -> str:
+    """Fetch a hub model into the local cache before a workshop (the only network use)."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors"],
+                             ignore_patterns=["*ema*", "*non_ema*", "*.fp16.*", "safety_checker/*"])
+
+
+if __name__ == "__main__":
+    import sys
+
+    from helpers.cli import run_main
+
+    def _main() -> None:
+        if sys.argv[1:2] != ["download"]:
+            raise UsageError("usage: python -m helpers.profiles download [MODEL_ID]")
+        print(download(*sys.argv[2:3]))
+
+    run_main(_main)

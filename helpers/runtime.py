@@ -1,0 +1,43 @@
+"""Process-wide settings chosen once, so that every tool and notebook behaves the same."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+
+
+def configure_cpu() -> None:
+    """Flush denormals to zero: late in training, tiny gradients otherwise slow CPU maths several-fold."""
+    torch.set_flush_denormal(True)
+    # bitsandbytes logs that its optional 4-bit CPU kernels are missing; the course uses none of them.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*kernels-community.*")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; returns a CPU generator for pipelines."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    """Versions of what the course depends on ("missing" where a package is not installed)."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "safetensors", "peft"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "missing"
+    out["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return out

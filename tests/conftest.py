@@ -1,0 +1,35 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("COURSE_OUTPUTS", str(ROOT / "outputs" / "test-run"))
+
+
+@pytest.fixture(scope="session")
+def toy_pipe():
+    from helpers.profiles import load_pipeline
+    from helpers.runtime import configure_cpu
+
+    configure_cpu()
+    return load_pipeline("toy")
+
+
+@pytest.fixture(scope="session")
+def judge():
+    from helpers.judge import load_judge
+    from helpers.profiles import TOY_JUDGE
+
+    return load_judge(TOY_JUDGE)
+
+
+def run_tool(module: str, *args: str, env: dict | None = None):
+    """Run `python -m helpers.<module>` as a learner would, offline."""
+    import subprocess
+
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", f"helpers.{module}", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=full_env, timeout=600)

@@ -1,0 +1,92 @@
+import random
+
+import numpy as np
+import pytest
+
+from helpers import toyworld as tw
+
+
+def test_same_seed_same_pixels_and_caption():
+    a, b = tw.random_sample(7), tw.random_sample(7)
+    assert a.caption == b.caption
+    assert np.array_equal(np.asarray(tw.render(a.scene, seed=7)), np.asarray(tw.render(b.scene, seed=7)))
+
+
+def test_different_seeds_differ():
+    imgs = [np.asarray(tw.render(tw.random_sample(s).scene, seed=s)) for s in range(5)]
+    assert all(not np.array_equal(imgs[0], other) for other in imgs[1:])
+
+
+def test_render_is_64px_rgb_and_128px_on_request():
+    scene = tw.random_sample(3).scene
+    assert tw.render(scene).size == (64, 64) and tw.render(scene).mode == "RGB"
+    assert tw.render(scene, size=128).size == (128, 128)
+
+
+def test_caption_names_the_class_and_labels_match_the_instance():
+    for seed in range(200):
+        s = tw.random_sample(seed)
+        inst = s.scene.objects[0].instance
+        assert inst.cls in s.caption.split()
+        assert tw.CLASSES[s.labels["class"]] == inst.cls
+        assert tw.COLOUR_NAMES[s.labels["colour"]] == inst.colour
+        wanted = tw.parse_prompt(s.caption)
+        assert wanted["class"] == inst.cls
+        assert wanted["colour"] in (None, inst.colour)
+
+
+def test_class_prompts_have_variety():
+    colours = {tw.random_sample(s).scene.objects[0].instance.colour for s in range(300)}
+    backgrounds = {tw.random_sample(s).scene.background for s in range(300)}
+    assert colours == set(tw.COLOUR_NAMES) and backgrounds == set(tw.BACKGROUNDS)
+
+
+def test_named_instances_are_fixed_and_never_sks():
+    names = tw.named_instances()
+    assert names == tw.named_instances() and "sks" not in names and len(names) == 48
+    named = [tw.random_sample(s, names) for s in range(400)]
+    with_name = [s for s in named if s.name]
+    assert 0.08 < len(with_name) / len(named) < 0.25
+    for s in with_name:
+        assert s.caption.startswith(f"a photo of {s.name} {names[s.name].cls}")
+        assert s.scene.objects[0].instance == names[s.name]
+
+
+def test_object_mask_sits_where_the_position_says():
+    for seed in range(50):
+        s = tw.random_sample(seed)
+        _, labels = tw.render_with_mask(s.scene, seed=seed)
+        xs = np.nonzero(labels == 1)[1]
+        assert len(xs) > 20
+        centre = xs.mean() / 64
+        if s.position == "left":
+            assert centre < 0.5
+        elif s.position == "right":
+            assert centre > 0.5
+
+
+def test_subject_views_show_the_same_instance_differently():
+    inst = tw.random_instance(random.Random(0), cls="dog")
+    views = tw.subject_views(inst, 5, seed=1)
+    assert len(views) == 5
+    arrays = [np.asarray(v) for v in views]
+    assert all(not np.array_equal(arrays[0], a) for a in arrays[1:])
+
+
+@pytest.mark.parametrize("kind", ["outline", "edges", "layout"])
+def test_structure_images_are_binary_sketches(kind):
+    scene = tw.random_sample(11).scene
+    arr = np.asarray(tw.render_structure(scene, kind))
+    assert arr.shape == (64, 64, 3)
+    assert set(np.unique(arr)) <= {0, 255}
+    assert 0 < (arr > 0).mean() < 0.5
+
+
+def test_unknown_structure_kind_is_named():
+    with pytest.raises(ValueError, match="unknown structure kind 'depth'"):
+        tw.render_structure(tw.random_sample(0).scene, "depth")
+
+
+def test_parse_prompt():
+    assert tw.parse_prompt("A photo of a big RED dog on the left") == {"class": "dog", "colour": "red", "position": "left"}
+    assert tw.parse_prompt("a photo of sks sunglasses") == {"class": "sunglasses", "colour": None, "position": None}
