@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 def _replace(tmp: Path, target: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary outputs
     os.replace(tmp, target)
 
 

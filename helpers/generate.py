@@ -24,8 +24,10 @@ from helpers.runtime import configure_cpu
 
 
 def generate_images(pipe, prompt: str, num_images: int, seed: int = 0, num_inference_steps: int = 50,
-                    guidance_scale: float = 4.0, batch_size: int = 8, progress: bool = False) -> list[Image.Image]:
-    """``num_images`` PIL images for one prompt ("" draws unconditional samples)."""
+                    guidance_scale: float = 4.0, batch_size: int = 8, progress: bool = False,
+                    resolution: int | None = None) -> list[Image.Image]:
+    """``num_images`` PIL images for one prompt ("" draws unconditional samples), at the model's
+    own size unless ``resolution`` says otherwise."""
     device = pipe.device.type if pipe.device.type != "mps" else "cpu"
     images: list[Image.Image] = []
     starts = range(0, num_images, batch_size)
@@ -33,7 +35,7 @@ def generate_images(pipe, prompt: str, num_images: int, seed: int = 0, num_infer
         n = min(batch_size, num_images - start)
         gens = [torch.Generator(device).manual_seed(seed + start + i) for i in range(n)]
         out = pipe([prompt] * n, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   generator=gens)
+                   generator=gens, height=resolution, width=resolution)
         images += out.images
     return images
 

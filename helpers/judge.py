@@ -120,7 +120,8 @@ def labelled_batch(seeds: range, augment: bool = True) -> tuple[torch.Tensor, di
     return to_tensor(images), {k: torch.tensor(v) for k, v in labels.items()}
 
 
-def train_judge(output: str | Path, steps: int = 1500, batch_size: int = 64, seed: int = 0) -> dict:
+def train_judge(output: str | Path, steps: int = 1200, batch_size: int = 64, seed: int = 0,
+                command: str = "python -m helpers.pretrain judge") -> dict:
     """Train the judge on fresh renders (seeds from 10**7 upwards) and save it with a card."""
     torch.manual_seed(seed)
     judge = Judge()
@@ -143,7 +144,7 @@ def train_judge(output: str | Path, steps: int = 1500, batch_size: int = 64, see
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(judge.state_dict(), out / "judge.safetensors")
-    report = {"steps": steps, "batch_size": batch_size, "seed": seed,
+    report = {"command": command, "steps": steps, "batch_size": batch_size, "seed": seed,
               "seconds": round(time.time() - start, 1), "accuracy_on_fresh_renders": accuracy}
     write_text_atomic(out / "README.md", _card(report))
     return report
@@ -169,8 +170,8 @@ A {sum(p.numel() for p in Judge().parameters()):,}-parameter CNN trained on the 
 for CLIP (prompt fidelity: does the image show the class and colour the prompt names?) and DINO
 (subject fidelity: cosine similarity of its 128-d embedding) on the toy profile.
 
-Produced by `python -m helpers.pretrain judge --steps {report['steps']} --seed {report['seed']}`
-(batch {report['batch_size']}, {report['seconds']} s on a 2-core CPU).
+Produced by `{report['command']}` ({report['steps']} steps of batch {report['batch_size']}, seed
+{report['seed']}, fresh renders every step; {report['seconds']} s on a 2-core CPU).
 
 Accuracy on 1024 fresh renders:
 

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from torch.nn import functional as F
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel
 
 from helpers import judge as judge_mod
 from helpers import toymodel, toytokenizer, toyworld
@@ -37,6 +38,7 @@ from helpers.losses import snr_weights
 from helpers.runtime import configure_cpu
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+STAGES = "stages.json"  # every stage that produced the weights: command, seed, steps, time
 
 
 def _render_batch(seeds: range, names: dict) -> torch.Tensor:
@@ -56,13 +58,18 @@ def vae_stage_dir(output: Path) -> Path:
     return output.with_name(f"{output.name}-vae-stage")
 
 
-def train_vae(stage: Path, steps: int, batch_size: int, seed: int) -> dict:
+def train_vae(stage: Path, steps: int, batch_size: int, seed: int, lr: float) -> dict:
     """Reconstruction (L1 + MSE) plus a tiny KL term, as in SD's first stage, on fresh renders."""
     torch.manual_seed(seed)
     names = toyworld.named_instances()
     vae = toymodel.vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    sched = _one_cycle(opt, 1e-3, steps)
+    # Start the posterior's log-variance at -6 (std 0.05), as small as a trained SD VAE's: with the
+    # default 0 (std 1), sampled latents are as noisy as they are informative and the decoder
+    # learns to blur colours before the tiny KL weight lets the variance shrink.
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.latent_channels:] = -6.0
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = _one_cycle(opt, lr, steps)
     start = time.time()
     for step in (bar := tqdm(range(steps), desc="vae")):
         base = seed * 10**6 + step * batch_size
@@ -85,7 +92,8 @@ def train_vae(stage: Path, steps: int, batch_size: int, seed: int) -> dict:
     vae.register_to_config(scaling_factor=round(1.0 / latents.std().item(), 5))
     vae.save_pretrained(stage, safe_serialization=True)
     psnr = 10 * math.log10(4.0 / F.mse_loss(recon, x).item())
-    return {"steps": steps, "batch_size": batch_size, "seed": seed, "seconds": round(time.time() - start, 1),
+    return {"steps": steps, "batch_size": batch_size, "seed": seed, "learning_rate": lr,
+            "seconds": round(time.time() - start, 1),
             "held_out_psnr_db": round(psnr, 2), "scaling_factor": vae.config.scaling_factor}
 
 
@@ -127,8 +135,10 @@ class EMA:
 
 
 def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int, dataset_size: int, lr: float,
-               cfg_dropout: float = 0.1, snr_gamma: float = 5.0) -> tuple[dict, Path]:
-    """Train text encoder and UNet jointly on cached latents, epsilon prediction, min-SNR weighting."""
+               init_from: Path | None = None, cfg_dropout: float = 0.1,
+               snr_gamma: float = 5.0) -> tuple[dict, Path]:
+    """Train text encoder and UNet jointly on cached latents, epsilon prediction, min-SNR weighting;
+    from scratch, or on from the weights of ``init_from`` (a second phase, on fresh scenes)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tok_dir = Path(tempfile.mkdtemp(prefix="toy-tokenizer-"))
@@ -140,7 +150,12 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
                     truncation=True, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                       return_tensors="pt").input_ids
-    text_encoder, unet, noise_scheduler = toymodel.text_encoder(tokenizer), toymodel.unet(), toymodel.train_scheduler()
+    if init_from is None:
+        text_encoder, unet = toymodel.text_encoder(tokenizer), toymodel.unet()
+    else:
+        text_encoder = CLIPTextModel.from_pretrained(init_from, subfolder="text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(init_from, subfolder="unet")
+    noise_scheduler = toymodel.train_scheduler()
     params = list(text_encoder.parameters()) + list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = _one_cycle(opt, lr, steps)
@@ -171,13 +186,28 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
     build = output.with_name(f".{output.name}.build")
     pipe.save_pretrained(build, safe_serialization=True)
     report = {"steps": steps, "batch_size": batch_size, "seed": seed, "dataset_size": dataset_size,
-              "learning_rate": lr, "seconds": round(time.time() - start, 1)}
+              "learning_rate": lr, "init_from": str(init_from) if init_from else None,
+              "seconds": round(time.time() - start, 1)}
     return report, build
 
 
 # --------------------------------------------------------------------------- model card
 
-def _model_card(command: str, vae_report: dict, unet_report: dict) -> str:
+def _stage_row(entry: dict) -> str:
+    r = entry["report"]
+    if entry["stage"] == "VAE":
+        notes = (f"lr {r['learning_rate']}, held-out PSNR {r['held_out_psnr_db']} dB, "
+                 f"scaling factor {r['scaling_factor']}")
+    else:
+        notes = (f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']}, min-SNR 5, "
+                 f"EMA 0.999, 10% empty captions{', continued from the row above' if r.get('init_from') else ''}")
+    return (f"| {entry['stage']} | `{entry['command']}` | {r['steps']} | {r['batch_size']} | {r['seed']} | "
+            f"{r['seconds']} s | {notes} |")
+
+
+def _model_card(stages: list[dict]) -> str:
+    rows = "\n".join(_stage_row(e) for e in stages)
+    total = sum(e["report"]["seconds"] for e in stages)
     return f"""---
 library_name: diffusers
 pipeline_tag: text-to-image
@@ -190,14 +220,12 @@ AutoencoderKL 64x64 -> 4x16x16, UNet2DConditionModel, DDIM sampling with SD 1.x'
 pretrained from scratch on the course's procedural toy world. It exists so that every lesson,
 DreamBooth included, runs on a laptop CPU and in CI without a network.
 
-Produced by:
+Produced by these commands, in this order (`python -m helpers.pretrain all` runs the same stages
+with the same settings), {total / 60:.0f} minutes in all on a 2-core CPU:
 
-    {command}
-
-| stage | steps | batch | seed | wall time (2-core CPU) | notes |
-|---|---|---|---|---|---|
-| VAE | {vae_report['steps']} | {vae_report['batch_size']} | {vae_report['seed']} | {vae_report['seconds']} s | held-out PSNR {vae_report['held_out_psnr_db']} dB, scaling factor {vae_report['scaling_factor']} |
-| text encoder + UNet | {unet_report['steps']} | {unet_report['batch_size']} | {unet_report['seed']} | {unet_report['seconds']} s | {unet_report['dataset_size']} cached latents, lr {unet_report['learning_rate']}, min-SNR 5, EMA 0.999, 10% empty captions |
+| stage | command | steps | batch | seed | wall time | notes |
+|---|---|---|---|---|---|---|
+{rows}
 
 Load it offline with `StableDiffusionPipeline.from_pretrained("data/toy-sd")`.
 The training data are toy renders only; the model draws nothing but the toy world.
@@ -209,39 +237,63 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("stage", choices=("judge", "vae", "unet", "all"))
     parser.add_argument("--output", type=Path, default=None, help="output folder (default: data/toy-sd or data/toy-judge)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--judge_steps", type=int, default=1500)
-    parser.add_argument("--vae_steps", type=int, default=2500)
-    parser.add_argument("--vae_batch_size", type=int, default=16)
+    parser.add_argument("--judge_steps", type=int, default=1200)
+    parser.add_argument("--vae_steps", type=int, default=1800)
+    parser.add_argument("--vae_batch_size", type=int, default=32)
+    parser.add_argument("--vae_learning_rate", type=float, default=2e-3)
     parser.add_argument("--unet_steps", type=int, default=3000)
     parser.add_argument("--unet_batch_size", type=int, default=64)
     parser.add_argument("--dataset_size", type=int, default=40000)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--init_from", type=Path, default=None,
+                        help="unet stage: continue from this pipeline's text encoder and UNet")
     return parser.parse_args(argv)
 
 
+# `all` runs the UNet stage twice: from scratch, then on from those weights with fresh scenes and a
+# lower peak learning rate (the second phase is what lifts colour adherence above 80%).
+SECOND_PHASE = ["--seed", "1", "--unet_steps", "2000", "--learning_rate", "5e-4"]
+
+
+def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
+    stage = vae_stage_dir(output)
+    if args.init_from is not None:
+        stages = json.loads((args.init_from / STAGES).read_text())
+    elif (stage / "report.json").exists():
+        vae_report = json.loads((stage / "report.json").read_text())
+        stages = [{"stage": "VAE", "command": vae_report.pop("command"), "report": vae_report}]
+    else:
+        raise UsageError(f"no trained VAE in {stage}: run `python -m helpers.pretrain vae` first")
+    report, build = train_unet(output, stage, args.unet_steps, args.unet_batch_size, args.seed, args.dataset_size,
+                               args.learning_rate, init_from=args.init_from)
+    stages.append({"stage": "text encoder + UNet", "command": command, "report": report})
+    write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
+    write_text_atomic(build / "README.md", _model_card(stages))
+    replace_dir_atomic(build, output)
+    print(json.dumps(report))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
     configure_cpu()
-    command = "python -m helpers.pretrain " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m helpers.pretrain " + " ".join(shlex.quote(a) for a in argv)
     if args.stage in ("judge", "all"):
         report = judge_mod.train_judge(args.output if args.stage == "judge" and args.output else DATA / "toy-judge",
-                                       steps=args.judge_steps, seed=args.seed)
+                                       steps=args.judge_steps, seed=args.seed, command=command)
         print(json.dumps(report))
     output = (args.output if args.stage != "judge" and args.output else DATA / "toy-sd").resolve()
-    stage = vae_stage_dir(output)
     if args.stage in ("vae", "all"):
-        vae_report = train_vae(stage, args.vae_steps, args.vae_batch_size, args.seed)
-        write_text_atomic(stage / "report.json", json.dumps(vae_report))
+        stage = vae_stage_dir(output)
+        vae_report = train_vae(stage, args.vae_steps, args.vae_batch_size, args.seed, args.vae_learning_rate)
+        write_text_atomic(stage / "report.json", json.dumps(vae_report | {"command": command}))
         print(json.dumps(vae_report))
-    if args.stage in ("unet", "all"):
-        if not (stage / "report.json").exists():
-            raise UsageError(f"no trained VAE in {stage}: run `python -m helpers.pretrain vae` first")
-        vae_report = json.loads((stage / "report.json").read_text())
-        unet_report, build = train_unet(output, stage, args.unet_steps, args.unet_batch_size, args.seed,
-                                        args.dataset_size, args.learning_rate)
-        write_text_atomic(build / "README.md", _model_card(command, vae_report, unet_report))
-        replace_dir_atomic(build, output)
-        print(json.dumps(unet_report))
+    if args.stage == "unet":
+        _unet_stage(output, args, command)
+    if args.stage == "all":
+        _unet_stage(output, _parse(["unet"]), "python -m helpers.pretrain unet")
+        second = ["unet", "--init_from", str(output)] + SECOND_PHASE
+        _unet_stage(output, _parse(second), "python -m helpers.pretrain " + " ".join(second))
 
 
 if __name__ == "__main__":

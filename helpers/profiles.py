@@ -110,7 +110,7 @@ def load_pipeline(model: str = "toy", profile: Profile | None = None):
     path = resolve_model(model)
     profile = profile or profile_for_model(model)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=profile.dtype, safety_checker=None,
+        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=profile.dtype, safety_checker=None,
                                                        requires_safety_checker=False)
     except OSError as err:
         raise UsageError(f"could not load {model!r}: it is no local folder, and the hub could not give it "
@@ -125,8 +125,8 @@ def download(model: str = SD15_MODEL) -> str:
     """Fetch a hub model into the local cache before a workshop (the only network use)."""
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors"],
-                             ignore_patterns=["*ema*", "*non_ema*", "*.fp16.*", "safety_checker/*"])
+    return snapshot_download(model, allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
+                             ignore_patterns=["*non_ema*", "*.fp16.*", "safety_checker/*"])
 
 
 if __name__ == "__main__":

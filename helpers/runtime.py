@@ -18,6 +18,18 @@ def configure_cpu() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*kernels-community.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_loading()
+
+
+def quiet_loading() -> None:
+    """No per-file "Loading weights" bars: a notebook's progress bars are for its own long loops."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -2,8 +2,8 @@
 
 CLIP's tokenizer starts from the 256 byte symbols (each also with an end-of-word ``</w>`` form)
 and learns merges from word frequencies in its corpus, most frequent pair first. We do the same on
-toy captions, stopping once every toy word is one token. Any other word, ``sks`` or a made-up pet
-name, still tokenizes: it falls back to shorter pieces, down to single characters. Because merges
+toy captions, stopping once every toy word and every rare token (``sks`` among them) is one token.
+Any other word still tokenizes: it falls back to shorter pieces, down to single characters. Because merges
 are learned in frequency order, a merge's rank says how common its token was: the rare-token
 lessons use exactly that, as with real CLIP.
 """
@@ -37,13 +37,13 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def word_counts(num_captions: int = 4000, seed: int = 0) -> collections.Counter:
-    """Word frequencies of toy captions (the BPE training corpus), made-up names left out."""
+    """Word frequencies of toy captions (the BPE training corpus), plus one count for every toy
+    word and rare token so that each becomes a single token."""
     names = toyworld.named_instances()
     counts: collections.Counter = collections.Counter()
     for i in range(num_captions):
-        caption = toyworld.random_sample(seed + i, names).caption
-        counts.update(w for w in caption.split() if w not in names)
-    for w in toyworld.vocabulary_words():
+        counts.update(toyworld.random_sample(seed + i, names).caption.split())
+    for w in list(toyworld.vocabulary_words()) + list(toyworld.rare_tokens()):
         counts[w] += 1
     return counts
 

@@ -12,6 +12,7 @@ structure-only images (outline, edges, layout) for the ControlNet lessons.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,15 +113,30 @@ def made_up_word(rng: random.Random) -> str:
     )
 
 
-def named_instances(count: int = 48, seed: int = 1234) -> dict[str, Instance]:
-    """Made-up names, each bound to one instance, used in a small share of pretraining captions."""
+@functools.cache
+def rare_tokens(count: int = 256, seed: int = 4321) -> tuple[str, ...]:
+    """Three-letter strings with no fixed meaning in the toy world, ``sks`` among them.
+
+    CLIP's vocabulary, learned from web text, holds thousands of such short rare tokens; DreamBooth
+    picks its identifier from them. The toy vocabulary gets a band of its own: 48 are names bound
+    to one instance each, the others appear now and then in front of a random instance, so each
+    is known to mark *some* identity but none in particular.
+    """
     rng = random.Random(seed)
-    names: dict[str, Instance] = {}
-    while len(names) < count:
-        word = made_up_word(rng)
-        if word not in names and word != "sks":
-            names[word] = random_instance(rng)
-    return names
+    known = set(vocabulary_words())
+    words = {"sks"}
+    while len(words) < count:
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3))
+        if word not in known:
+            words.add(word)
+    return tuple(sorted(words))
+
+
+def named_instances(count: int = 48, seed: int = 1234) -> dict[str, Instance]:
+    """Rare tokens bound to one instance each, used in a small share of pretraining captions."""
+    rng = random.Random(seed)
+    names = rng.sample([t for t in rare_tokens() if t != "sks"], count)
+    return {name: random_instance(rng) for name in names}
 
 
 # --------------------------------------------------------------------------- drawing
@@ -423,15 +439,20 @@ def place(instance: Instance, rng: random.Random, size_word: str | None = None,
     return Placed(instance, x, y, size, rng.random() < 0.5), size_word, position
 
 
-def random_sample(seed: int, names: dict[str, Instance] | None = None, name_prob: float = 0.15) -> Sample:
-    """One random captioned scene; with ``names``, a share of them show a named instance."""
+def random_sample(seed: int, names: dict[str, Instance] | None = None, name_prob: float = 0.15,
+                  stray_prob: float = 0.05) -> Sample:
+    """One random captioned scene. With ``names``, a share of captions name a bound instance
+    ("a photo of vek dog") and a smaller share put an unbound rare token before a random one."""
     rng = random.Random(seed)
     name = ""
-    if names and rng.random() < name_prob:
+    draw = rng.random()
+    if names and draw < name_prob:
         name = rng.choice(sorted(names))
         instance = names[name]
     else:
         instance = random_instance(rng)
+        if names and draw < name_prob + stray_prob:
+            name = rng.choice([t for t in rare_tokens() if t not in names])
     placed, size_word, position = place(instance, rng)
     background = rng.choice(BACKGROUNDS)
     scene = Scene((placed,), background)

@@ -26,10 +26,14 @@ def judge():
     return load_judge(TOY_JUDGE)
 
 
-def run_tool(module: str, *args: str, env: dict | None = None):
-    """Run `python -m helpers.<module>` as a learner would, offline."""
+@pytest.fixture
+def run_tool():
+    """Run `python -m helpers.<module> ARGS` as a learner would, offline."""
     import subprocess
 
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", f"helpers.{module}", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=full_env, timeout=600)
+    def run(module: str, *args: str):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        return subprocess.run([sys.executable, "-m", f"helpers.{module}", *args], capture_output=True, text=True,
+                              cwd=ROOT, env=env, timeout=600)
+
+    return run

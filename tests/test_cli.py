@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from tests.conftest import run_tool
 
 
 def _one_line_error(result, *fragments):
@@ -15,7 +14,7 @@ def _one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
-def test_generate_then_evaluate(tmp_path):
+def test_generate_then_evaluate(tmp_path, run_tool):
     out = tmp_path / "imgs"
     gen = run_tool("generate", "--model", "toy", "--prompt", "a photo of a red dog", "--num_images", "2",
                    "--seed", "0", "--num_inference_steps", "10", "--output_dir", str(out))
@@ -35,19 +34,19 @@ def test_generate_then_evaluate(tmp_path):
     (["--prompt", "  "], ["prompt is empty"]),
     (["--num_images", "0"], ["--num_images must be at least 1"]),
 ])
-def test_generate_bad_input(tmp_path, args, fragments):
+def test_generate_bad_input(tmp_path, run_tool, args, fragments):
     base = {"--model": "toy", "--prompt": "a photo of a dog", "--num_images": "1", "--output_dir": str(tmp_path / "o")}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
     _one_line_error(run_tool("generate", *[x for kv in base.items() for x in kv]), *fragments)
 
 
-def test_generate_model_folder_that_is_not_a_pipeline(tmp_path):
+def test_generate_model_folder_that_is_not_a_pipeline(tmp_path, run_tool):
     _one_line_error(run_tool("generate", "--model", str(tmp_path), "--prompt", "a dog", "--output_dir", str(tmp_path / "o")),
                     "not a diffusers pipeline")
 
 
-def test_evaluate_bad_input(tmp_path):
+def test_evaluate_bad_input(tmp_path, run_tool):
     _one_line_error(run_tool("evaluate", "--images", str(tmp_path / "missing"), "--prompt", "a dog"), "does not exist")
     _one_line_error(run_tool("evaluate", "--images", str(tmp_path), "--prompt", "a dog"), "holds no images")
     (tmp_path / "x.png").write_bytes(b"\x89PNG broken")

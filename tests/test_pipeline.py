@@ -5,18 +5,18 @@ import subprocess
 import sys
 
 import numpy as np
-from diffusers import AutoencoderKL, CLIPTextModel, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel
 
 from helpers.generate import generate_images
-from helpers.profiles import TOY_MODEL, choose_profile
-from tests.conftest import ROOT
+from helpers.profiles import ROOT, TOY_MODEL, choose_profile
 
 
-def test_loads_with_the_network_off():
+def test_loads_with_the_network_off(tmp_path):
     code = ("from diffusers import StableDiffusionPipeline as P; p = P.from_pretrained('data/toy-sd'); "
             "print(type(p).__name__, p.unet.config.sample_size, p.vae.config.latent_channels)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["StableDiffusionPipeline", "16", "4"]
 

@@ -11,26 +11,27 @@ def _tok() -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(TOY_MODEL / "tokenizer")
 
 
-def test_every_toy_word_is_one_token():
+def test_every_toy_word_and_rare_token_is_one_token():
     tok = _tok()
-    for word in toyworld.vocabulary_words():
+    for word in toyworld.vocabulary_words() + list(toyworld.rare_tokens()):
         assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
 
 
 def test_any_word_tokenizes_without_unknowns():
     tok = _tok()
     rng = random.Random(0)
-    words = ["sks", "zwx", "Ünïcode", "ohw", "123"] + [toytokenizer.random_word(rng) for _ in range(50)]
+    words = ["sks", "zwxq", "Ünïcode", "ohw", "123"] + [toytokenizer.random_word(rng) for _ in range(50)]
     for word in words:
         ids = tok(word, add_special_tokens=False).input_ids
         assert ids and tok.unk_token_id not in ids
         assert tok.decode(ids).replace(" ", "") == word.lower()
 
 
-def test_sks_is_unfamiliar_to_the_toy_world():
+def test_sks_is_a_single_rare_token():
     tok = _tok()
-    pieces = tok.convert_ids_to_tokens(tok("sks", add_special_tokens=False).input_ids)
-    assert pieces == ["s", "k", "s</w>"]
+    assert tok.convert_ids_to_tokens(tok("sks", add_special_tokens=False).input_ids) == ["sks</w>"]
+    # merges are learned most frequent first, so a rare token's id comes after every common word's
+    assert tok.convert_tokens_to_ids("sks</w>") > max(tok.convert_tokens_to_ids(w + "</w>") for w in ("dog", "photo"))
 
 
 def test_prompts_are_padded_to_the_model_length():
@@ -56,5 +57,7 @@ def test_merge_ranks_follow_frequency():
 
 def test_committed_vocabulary_matches_the_builder(tmp_path):
     built = toytokenizer.build_tokenizer(tmp_path)
-    committed = json.loads((TOY_MODEL / "tokenizer" / "vocab.json").read_text())
-    assert built.get_vocab() == committed
+    committed = json.loads((TOY_MODEL / "tokenizer" / "tokenizer.json").read_text())["model"]
+    assert built.get_vocab() == _tok().get_vocab() == committed["vocab"]
+    assert [" ".join(m) if isinstance(m, list) else m for m in committed["merges"]] == \
+        (tmp_path / "merges.txt").read_text().splitlines()[1:]

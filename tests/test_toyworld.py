@@ -41,15 +41,24 @@ def test_class_prompts_have_variety():
     assert colours == set(tw.COLOUR_NAMES) and backgrounds == set(tw.BACKGROUNDS)
 
 
-def test_named_instances_are_fixed_and_never_sks():
+def test_named_instances_are_fixed_rare_tokens_and_never_sks():
     names = tw.named_instances()
-    assert names == tw.named_instances() and "sks" not in names and len(names) == 48
-    named = [tw.random_sample(s, names) for s in range(400)]
-    with_name = [s for s in named if s.name]
-    assert 0.08 < len(with_name) / len(named) < 0.25
-    for s in with_name:
+    assert names == tw.named_instances() and len(names) == 48
+    assert "sks" not in names and set(names) <= set(tw.rare_tokens())
+    samples = [tw.random_sample(s, names) for s in range(1000)]
+    bound = [s for s in samples if s.name in names]
+    stray = [s for s in samples if s.name and s.name not in names]
+    assert 0.1 < len(bound) / len(samples) < 0.2 and 0.02 < len(stray) / len(samples) < 0.08
+    for s in bound:
         assert s.caption.startswith(f"a photo of {s.name} {names[s.name].cls}")
         assert s.scene.objects[0].instance == names[s.name]
+    assert {s.name for s in stray} <= set(tw.rare_tokens())
+
+
+def test_rare_tokens_are_short_and_unknown_to_the_toy_vocabulary():
+    rare = tw.rare_tokens()
+    assert len(rare) == 256 and "sks" in rare
+    assert all(len(t) == 3 for t in rare) and not set(rare) & set(tw.vocabulary_words())
 
 
 def test_object_mask_sits_where_the_position_says():

@@ -1,0 +1,65 @@
+"""DreamBooth from a terminal, with the flags of diffusers' train_dreambooth.py.
+
+    python -m helpers.dreambooth --pretrained_model_name_or_path toy \\
+        --instance_data_dir data/subjects/toy_dog --instance_prompt "a photo of sks dog" \\
+        --with_prior_preservation --class_prompt "a photo of dog" --class_data_dir outputs/class/dog \\
+        --max_train_steps 400 --learning_rate 1e-4 --use_8bit_adam --output_dir outputs/sks-dog
+
+Runs unchanged under ``accelerate launch`` and ``torchrun --nproc_per_node N`` (data parallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from helpers.cli import run_main
+from helpers.runtime import configure_cpu
+from helpers.train import TrainConfig, train
+
+_HELP = {
+    "pretrained_model_name_or_path": "toy, a local pipeline folder, or a hub id",
+    "instance_data_dir": "folder with the subject's photos",
+    "instance_prompt": "prompt with the identifier, e.g. 'a photo of sks dog'",
+    "class_data_dir": "where class images are cached (generated when missing or stale)",
+    "class_prompt": "prompt for the class, e.g. 'a photo of dog'",
+    "with_prior_preservation": "add the prior-preservation loss on class images",
+    "text_encoder_lr": "learning rate of the text encoder (default: --learning_rate)",
+    "allow_adamw_fallback": "with --use_8bit_adam, train with torch AdamW if bitsandbytes cannot load",
+    "snr_gamma": "min-SNR weighting gamma (5.0 is the paper's choice)",
+    "offset_noise": "add 0.1 x per-channel offset noise",
+    "resume_from_checkpoint": "a checkpoint-N folder or 'latest'",
+    "mixed_precision": "no, fp16 (CUDA) or bf16",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m helpers.dreambooth", description=__doc__.split("\n")[0])
+    for f in dataclasses.fields(TrainConfig):
+        flag = f"--{f.name}"
+        required = f.default is dataclasses.MISSING
+        if f.type in ("bool", bool):
+            if f.name == "progress":
+                parser.add_argument("--no_progress", dest="progress", action="store_false", help="hide progress bars")
+            else:
+                parser.add_argument(flag, action="store_true", help=_HELP.get(f.name))
+            continue
+        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
+        parser.add_argument(flag, type=kind, required=required, default=None if required else f.default,
+                            help=_HELP.get(f.name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = vars(build_parser().parse_args(argv))
+    configure_cpu()
+    result = train(TrainConfig(**args))
+    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
+    if result.history:
+        summary["final_loss"] = result.history[-1]["loss"]
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    run_main(main)

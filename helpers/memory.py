@@ -1,0 +1,135 @@
+"""What a DreamBooth configuration costs in GPU memory, before you run it.
+
+Peak training memory is the sum of a few terms that a learner can reason about:
+
+- trainable weights kept in float32 (mixed precision keeps fp32 master weights), 4 bytes/param;
+- their gradients, 4 bytes/param;
+- AdamW's two moments: 8 bytes/param in 32-bit, about 2 bytes/param with bitsandbytes' 8-bit
+  blockwise state (one fp32 scale per 256 values and moment);
+- the optimizer step's temporaries: torch's AdamW updates all tensors at once (foreach) with one
+  fp32 scratch value per parameter, 4 bytes/param; bitsandbytes goes tensor by tensor, next to nothing;
+- half-precision copies of the trainable weights that autocast makes for the forward pass;
+- frozen parts (VAE, and the text encoder unless trained) in fp16 on a GPU, 2 bytes/param;
+- activations saved for the backward pass: the only term that grows with batch and resolution,
+  and the one gradient checkpointing cuts (it recomputes them block by block instead).
+
+Not all of them are live at once. Weights, optimizer state and frozen parts stay; the others come
+and go within a step, so the peak is the largest of three moments:
+
+- the end of the forward pass: saved activations and autocast's weight copies, but no gradients yet
+  (``zero_grad(set_to_none=True)`` freed them); gradient checkpointing saves so little that this
+  moment stops mattering;
+- the end of the backward pass: all gradients, and with checkpointing the block being recomputed;
+- the optimizer step: all gradients and the step's temporaries (the peak with 32-bit AdamW).
+
+``estimate`` reports the terms live at the peak moment (the others as 0), so they add up to the total.
+The activation coefficients are per sample per latent pixel and were measured with
+``benchmarks/sd15_memory.py`` on a randomly initialised SD 1.5-sized UNet; everything else is
+counted exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+GB = 1024**3
+
+# SD 1.5's parameter counts (UNet2DConditionModel, CLIPTextModel ViT-L/14, AutoencoderKL).
+SD15_PARAMS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
+
+# Measured on an NVIDIA H100 80GB HBM3 on 2026-11-25 (torch 2.11.0+cu130, diffusers 0.42.1,
+# bitsandbytes 0.50.2; 512 and 768 px, 2 samples a step); the byte counts are the same on any CUDA GPU
+# up to a few percent of kernel workspaces.
+# Activation bytes per sample per latent pixel with fp16 autocast and PyTorch SDPA attention
+# (resolution 512 has 64x64 = 4096 latent pixels). "full": everything the forward pass saves for the
+# backward pass (measured 303-305 kB at 512 and 768 px: linear in pixels); "checkpointed": what is
+# live at the end of the backward pass, the checkpoint inputs and the block being recomputed
+# (33-35 kB). Without autocast, activations take FP32_ACTIVATION_SCALE times as much (measured 1.51
+# in full, 1.5 checkpointed: normalisations and softmax already run in fp32 under autocast). One
+# miss: in fp32 without checkpointing the backward pass overlaps gradients with activations, and
+# the peak is about 0.7 GB (7%) above this estimate.
+ACTIVATION_BYTES_PER_LATENT_PIXEL = {"full": 304_000, "checkpointed": 34_000}
+FP32_ACTIVATION_SCALE = 1.5
+# Text encoder activations per sample (77 tokens): measured 71 MB full, 7 MB checkpointed.
+TEXT_ENCODER_ACTIVATION_BYTES = {"full": 71e6, "checkpointed": 7e6}
+WORKSPACE_BYTES = 0.2 * GB  # cuBLAS workspaces (about 0.1 GB) and a step's short-lived buffers
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    unet_params: int = SD15_PARAMS["unet"]
+    text_encoder_params: int = SD15_PARAMS["text_encoder"]
+    vae_params: int = SD15_PARAMS["vae"]
+    resolution: int = 512
+    vae_factor: int = 8
+    train_batch_size: int = 1
+    with_prior_preservation: bool = True
+    mixed_precision: str = "fp16"
+    use_8bit_adam: bool = True
+    gradient_checkpointing: bool = True
+    train_text_encoder: bool = False
+
+
+def adam_state_bytes(params: int, eight_bit: bool) -> float:
+    """Two moments per parameter: fp32 (8 bytes) or 8-bit blockwise (2 bytes + fp32 scales per 256)."""
+    return params * (2 + 2 * 4 / 256) if eight_bit else params * 8
+
+
+def estimate(cfg: MemoryConfig) -> dict[str, float]:
+    """Peak training memory in bytes, term by term, plus ``total``; terms not live at the peak are 0."""
+    trainable = cfg.unet_params + (cfg.text_encoder_params if cfg.train_text_encoder else 0)
+    half = cfg.mixed_precision in ("fp16", "bf16")
+    frozen = cfg.vae_params + (0 if cfg.train_text_encoder else cfg.text_encoder_params)
+    samples = cfg.train_batch_size * (2 if cfg.with_prior_preservation else 1)
+    latent_pixels = (cfg.resolution // cfg.vae_factor) ** 2
+    mode = "checkpointed" if cfg.gradient_checkpointing else "full"
+    activations = (samples * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL[mode]
+                   + (samples * TEXT_ENCODER_ACTIVATION_BYTES[mode] if cfg.train_text_encoder else 0))
+    activations *= 1.0 if half else FP32_ACTIVATION_SCALE
+    gradients = trainable * 4
+    step_temporaries = 0 if cfg.use_8bit_adam else trainable * 4
+    moments = {  # what comes and goes within a step, at each candidate for the peak
+        "end of forward": {"autocast weight copies": trainable * 2 if half else 0, "activations": activations},
+        "end of backward": {"gradients": gradients},
+        "optimizer step": {"gradients": gradients, "optimizer step temporaries": step_temporaries},
+    }
+    if cfg.gradient_checkpointing:  # little is saved in the forward; the recomputed block meets all gradients
+        moments["end of forward"] = {}
+        moments["end of backward"]["activations"] = activations
+    peak = max(moments.values(), key=lambda live: sum(live.values()))
+    parts = {
+        "weights (trainable, fp32)": trainable * 4,
+        "gradients": peak.get("gradients", 0),
+        "optimizer state": adam_state_bytes(trainable, cfg.use_8bit_adam),
+        "optimizer step temporaries": peak.get("optimizer step temporaries", 0),
+        "autocast weight copies": peak.get("autocast weight copies", 0),
+        "frozen parts": frozen * (2 if half else 4),
+        "activations": peak.get("activations", 0),
+        "workspace": WORKSPACE_BYTES,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def sd15_recipes() -> dict[str, MemoryConfig]:
+    """From a plain full fine-tune to the recipe that fits a free Colab T4 (15 GB)."""
+    plain = MemoryConfig(mixed_precision="no", use_8bit_adam=False, gradient_checkpointing=False)
+    fp16 = replace(plain, mixed_precision="fp16")
+    eight = replace(fp16, use_8bit_adam=True)
+    t4 = replace(eight, gradient_checkpointing=True)
+    return {
+        "fp32, AdamW": plain,
+        "+ fp16 mixed precision": fp16,
+        "+ 8-bit AdamW": eight,
+        "+ gradient checkpointing (T4 recipe)": t4,
+        "T4 recipe + text encoder": replace(t4, train_text_encoder=True),
+    }
+
+
+def table(recipes: dict[str, MemoryConfig] | None = None) -> list[dict[str, str | float]]:
+    """Rows of (recipe, GB per term, total GB) for display."""
+    rows = []
+    for name, cfg in (recipes or sd15_recipes()).items():
+        parts = estimate(cfg)
+        rows.append({"recipe": name, **{k: round(v / GB, 2) for k, v in parts.items()}})
+    return rows

@@ -1,0 +1,71 @@
+"""The forward (noising) process of DDPM, written out so that it can be checked against diffusers.
+
+With betas b_1..b_N, alpha_n = 1 - b_n and alpha_bar_n = prod_{k<=n} alpha_k:
+
+    q(x_n | x_{n-1}) = N(sqrt(alpha_n) x_{n-1}, b_n I)             one step
+    q(x_n | x_0)     = N(sqrt(alpha_bar_n) x_0, (1 - alpha_bar_n) I)   closed form, any n at once
+
+Training uses the closed form; the pair (x_{n-1}, x_n) is what the reverse process must undo one
+step at a time. Index n here is diffusers' timestep t (0-based): alpha_bar[t] is
+``scheduler.alphas_cumprod[t]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _at(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """values[t] shaped to broadcast over a batch like ``like``."""
+    v = values.to(like.device, like.dtype)[torch.as_tensor(t, device=like.device)]
+    return v.reshape(-1, *([1] * (like.ndim - 1))) if v.ndim else v
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise (the same as ``scheduler.add_noise``)."""
+    ab = _at(alphas_cumprod, t, x0)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def noisy_pair(x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A consistent (x_{t-1}, x_t) drawn from the forward chain: x_{t-1} from the closed form,
+    then one more step ``x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps``."""
+    if t < 1:
+        raise ValueError("t must be at least 1 so that step t-1 exists")
+    eps1 = torch.randn(x0.shape, generator=generator).to(x0)  # drawn on the CPU: same numbers on any device
+    eps2 = torch.randn(x0.shape, generator=generator).to(x0)
+    x_prev = add_noise(x0, eps1, t - 1, alphas_cumprod)
+    alpha_t = alphas_cumprod[t] / alphas_cumprod[t - 1]
+    return x_prev, alpha_t.sqrt() * x_prev + (1 - alpha_t).sqrt() * eps2
+
+
+def snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) of every timestep."""
+    return alphas_cumprod / (1 - alphas_cumprod)
+
+
+def posterior_mean(x0: torch.Tensor, xt: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Mean of q(x_{t-1} | x_t, x_0): the best guess of the previous step when x_0 is known."""
+    ab_t, ab_prev = alphas_cumprod[t], alphas_cumprod[t - 1] if t > 0 else torch.tensor(1.0)
+    alpha_t = ab_t / ab_prev
+    beta_t = 1 - alpha_t
+    return (ab_prev.sqrt() * beta_t / (1 - ab_t)) * x0 + (alpha_t.sqrt() * (1 - ab_prev) / (1 - ab_t)) * xt
+
+
+def posterior_mean_from_eps(xt: torch.Tensor, eps: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The same mean written with the noise instead of x_0: 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps).
+
+    A model that predicts eps therefore predicts x_{t-1}'s mean, and the error in that mean is the
+    eps error times ``eps_to_mean_weight(t)``: the two losses are the same objective up to a weight.
+    """
+    ab_t, ab_prev = alphas_cumprod[t], alphas_cumprod[t - 1] if t > 0 else torch.tensor(1.0)
+    alpha_t = ab_t / ab_prev
+    return (xt - (1 - alpha_t) / (1 - ab_t).sqrt() * eps) / alpha_t.sqrt()
+
+
+def eps_to_mean_weight(t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """w_t with ||mu(x_t, eps) - mu(x_t, eps_hat)||^2 = w_t ||eps - eps_hat||^2: beta_t^2 / (alpha_t (1 - alpha_bar_t))."""
+    ab_t, ab_prev = alphas_cumprod[t], alphas_cumprod[t - 1] if t > 0 else torch.tensor(1.0)
+    alpha_t = ab_t / ab_prev
+    return (1 - alpha_t) ** 2 / (alpha_t * (1 - ab_t))

@@ -1,0 +1,51 @@
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from helpers import noise
+from helpers.toymodel import SCHEDULE
+
+
+@pytest.fixture(scope="module")
+def sched():
+    return DDPMScheduler(**SCHEDULE)
+
+
+def test_closed_form_equals_diffusers_add_noise(sched):
+    torch.manual_seed(0)
+    x0, eps = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    assert torch.allclose(noise.add_noise(x0, eps, t, sched.alphas_cumprod), sched.add_noise(x0, eps, t), atol=1e-6)
+
+
+def test_pair_has_the_forward_chain_statistics(sched):
+    ab = sched.alphas_cumprod
+    x0 = torch.full((200_000,), 0.8)
+    x_prev, x_t = noise.noisy_pair(x0, 300, ab, torch.Generator().manual_seed(0))
+    assert x_t.mean().item() == pytest.approx(ab[300].sqrt().item() * 0.8, abs=5e-3)
+    assert x_t.var().item() == pytest.approx(1 - ab[300].item(), abs=5e-3)
+    assert x_prev.mean().item() == pytest.approx(ab[299].sqrt().item() * 0.8, abs=5e-3)
+    with pytest.raises(ValueError, match="at least 1"):
+        noise.noisy_pair(x0, 0, ab)
+
+
+def test_posterior_mean_two_ways_and_the_weight(sched):
+    ab = sched.alphas_cumprod
+    torch.manual_seed(1)
+    x0, eps, eps_hat = torch.randn(3, 16), torch.randn(3, 16), torch.randn(3, 16)
+    for t in (1, 50, 400, 999):
+        xt = noise.add_noise(x0, eps, t, ab)
+        assert torch.allclose(noise.posterior_mean(x0, xt, t, ab), noise.posterior_mean_from_eps(xt, eps, t, ab), atol=1e-4)
+        gap = (noise.posterior_mean_from_eps(xt, eps, t, ab) - noise.posterior_mean_from_eps(xt, eps_hat, t, ab)).pow(2).sum()
+        assert gap.item() == pytest.approx((noise.eps_to_mean_weight(t, ab) * (eps - eps_hat).pow(2).sum()).item(), rel=1e-4)
+
+
+def test_predicted_x0_matches_the_scheduler_step(sched):
+    """diffusers' DDPM step recovers x_0 from (x_t, eps) with the same closed form."""
+    ab = sched.alphas_cumprod
+    torch.manual_seed(2)
+    xt, eps = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    sched.set_timesteps(1000)
+    out = sched.step(eps, 600, xt).pred_original_sample
+    x0_hat = (xt - (1 - ab[600]).sqrt() * eps) / ab[600].sqrt()
+    assert torch.allclose(out, x0_hat, atol=1e-4)
