@@ -36,11 +36,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images_per_prompt", type=int, default=32)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--guidance_scale", type=float, default=TOY.guidance_scale)
     args = parser.parse_args()
     configure_cpu()
     pipe, judge = load_pipeline("toy"), load_judge(TOY_JUDGE)
-    n, kw = args.images_per_prompt, dict(num_inference_steps=50, guidance_scale=TOY.guidance_scale)
-    report: dict = {"images_per_prompt": n, "guidance_scale": TOY.guidance_scale}
+    n, kw = args.images_per_prompt, dict(num_inference_steps=50, guidance_scale=args.guidance_scale)
+    report: dict = {"images_per_prompt": n, "guidance_scale": args.guidance_scale}
 
     rows = []
     for prompt in PROMPTS:
