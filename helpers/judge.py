@@ -2,7 +2,7 @@
 
 On real photos the course measures prompt fidelity with CLIP and subject fidelity with DINO
 features. Toy images need a judge that knows the toy world: this network predicts every label the
-renderer knows (class, colour, accent colour, pattern, size, position, background, shape) and its
+renderer knows but shape (class, colour, accent colour, pattern, size, position, background) and its
 penultimate layer is an embedding in which two renders of the same instance lie close together.
 """
 

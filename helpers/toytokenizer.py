@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import json
-import random
 from pathlib import Path
 
 from transformers import CLIPTokenizer
@@ -92,7 +91,3 @@ def build_tokenizer(directory: str | Path) -> CLIPTokenizer:
     tok.save_pretrained(directory)
     return tok
 
-
-def random_word(rng: random.Random) -> str:
-    """A made-up word for tests: any such word must still tokenize."""
-    return toyworld.made_up_word(rng)

@@ -3,8 +3,8 @@
 Real DreamBooth needs a model that already knows what "a dog" looks like in many variations, so
 that a rare identifier can be bound to one particular dog while the class keeps its variety. The
 toy world provides exactly that on a CPU: eight object classes, ten colours, two sizes, positions,
-backgrounds, instance details (a second colour, a pattern, a body shape) and made-up instance
-names ("a photo of vobel dog") that teach the text encoder that an unfamiliar word can carry
+backgrounds, instance details (a second colour, a pattern, a body shape) and rare-token instance
+names ("a photo of kaw dog") that teach the text encoder that an unfamiliar word can carry
 identity. Every image is a deterministic function of a seed, and each scene also renders as
 structure-only images (outline, edges, layout) for the ControlNet lessons.
 """
@@ -102,15 +102,6 @@ def random_instance(rng: random.Random, cls: str | None = None, colour: str | No
     pattern = rng.choice(PATTERNS)
     shape = tuple(round(rng.random(), 3) for _ in range(3))
     return Instance(cls, colour, accent, pattern, shape)
-
-
-def made_up_word(rng: random.Random) -> str:
-    """A pronounceable non-word, like the names people give their pets."""
-    consonants, vowels = "bdfgklmnprtvz", "aeiou"
-    syllables = rng.choice((2, 2, 3))
-    return "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(syllables)) + rng.choice(
-        ("", "l", "n", "r", "x")
-    )
 
 
 @functools.cache
