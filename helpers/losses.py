@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
+from helpers import noise
+
 
 def snr(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
     """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at each timestep."""
-    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    return alpha_bar / (1 - alpha_bar)
+    return noise.snr(scheduler.alphas_cumprod.to(timesteps.device))[timesteps]
 
 
 def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:

@@ -45,10 +45,16 @@ def snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return alphas_cumprod / (1 - alphas_cumprod)
 
 
+def _step(t: int, alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(alpha_bar_t, alpha_bar_{t-1}, alpha_t) for one step; alpha_bar before the first step is 1."""
+    ab_t = alphas_cumprod[t]
+    ab_prev = alphas_cumprod[t - 1] if t > 0 else torch.ones_like(ab_t)
+    return ab_t, ab_prev, ab_t / ab_prev
+
+
 def posterior_mean(x0: torch.Tensor, xt: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """Mean of q(x_{t-1} | x_t, x_0): the best guess of the previous step when x_0 is known."""
-    ab_t, ab_prev = alphas_cumprod[t], alphas_cumprod[t - 1] if t > 0 else torch.tensor(1.0)
-    alpha_t = ab_t / ab_prev
+    ab_t, ab_prev, alpha_t = _step(t, alphas_cumprod)
     beta_t = 1 - alpha_t
     return (ab_prev.sqrt() * beta_t / (1 - ab_t)) * x0 + (alpha_t.sqrt() * (1 - ab_prev) / (1 - ab_t)) * xt
 
@@ -59,13 +65,11 @@ def posterior_mean_from_eps(xt: torch.Tensor, eps: torch.Tensor, t: int, alphas_
     A model that predicts eps therefore predicts x_{t-1}'s mean, and the error in that mean is the
     eps error times ``eps_to_mean_weight(t)``: the two losses are the same objective up to a weight.
     """
-    ab_t, ab_prev = alphas_cumprod[t], alphas_cumprod[t - 1] if t > 0 else torch.tensor(1.0)
-    alpha_t = ab_t / ab_prev
+    ab_t, _, alpha_t = _step(t, alphas_cumprod)
     return (xt - (1 - alpha_t) / (1 - ab_t).sqrt() * eps) / alpha_t.sqrt()
 
 
 def eps_to_mean_weight(t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """w_t with ||mu(x_t, eps) - mu(x_t, eps_hat)||^2 = w_t ||eps - eps_hat||^2: beta_t^2 / (alpha_t (1 - alpha_bar_t))."""
-    ab_t, ab_prev = alphas_cumprod[t], alphas_cumprod[t - 1] if t > 0 else torch.tensor(1.0)
-    alpha_t = ab_t / ab_prev
+    ab_t, _, alpha_t = _step(t, alphas_cumprod)
     return (1 - alpha_t) ** 2 / (alpha_t * (1 - ab_t))

@@ -242,10 +242,6 @@ class Trainer:
                              truncation=True, return_tensors="pt").input_ids.to(self.accelerator.device)
         return ids
 
-    def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        """VAE latents of the centre-cropped images, computed once for the whole run."""
-        return encode_latents(self.vae, images, self.resolution)
-
     # ----------------------------------------------------------------- training
     def train(self) -> TrainResult:
         from diffusers.optimization import get_scheduler
@@ -255,9 +251,9 @@ class Trainer:
         class_imgs, class_report = self._class_images()
         augment = cfg.random_flip or not cfg.center_crop and any(im.size[0] != im.size[1] for im in instance_images)
         self.cached = not augment
-        if self.cached:
-            self.instance_latents = self._encode_images(instance_images)
-            self.class_latents = self._encode_images(class_imgs) if class_imgs else None
+        if self.cached:  # VAE latents of the centre-cropped images, computed once for the whole run
+            self.instance_latents = encode_latents(self.vae, instance_images, self.resolution)
+            self.class_latents = encode_latents(self.vae, class_imgs, self.resolution) if class_imgs else None
         self.instance_images, self.class_images_list = instance_images, class_imgs
         instance_ids = self._encode_prompt(cfg.instance_prompt)
         class_ids = self._encode_prompt(cfg.class_prompt) if cfg.with_prior_preservation else None
