@@ -31,6 +31,9 @@ _HELP = {
     "offset_noise": "add 0.1 x per-channel offset noise",
     "resume_from_checkpoint": "a checkpoint-N folder or 'latest'",
     "mixed_precision": "no, fp16 (CUDA) or bf16",
+    "lora_rank": "train rank-r LoRA adapters on the attention projections instead of the whole UNet "
+                 "(and of the text encoder with --train_text_encoder); the output loads with load_lora_weights",
+    "lora_alpha": "LoRA scale numerator (default: --lora_rank, so the scale alpha/rank is 1)",
 }
 
 

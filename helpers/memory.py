@@ -25,7 +25,9 @@ and go within a step, so the peak is the largest of three moments:
 ``estimate`` reports the terms live at the peak moment (the others as 0), so they add up to the total.
 The activation coefficients are per sample per latent pixel and were measured with
 ``benchmarks/sd15_memory.py`` on a randomly initialised SD 1.5-sized UNet; everything else is
-counted exactly.
+counted exactly. With LoRA (``lora_rank``) the UNet joins the frozen parts and only the adapters
+train; the backward pass still runs through the whole UNet to reach the first adapters, so the
+activations are taken to be a full fine-tune's (an assumption: LoRA runs were not measured).
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ GB = 1024**3
 
 # SD 1.5's parameter counts (UNet2DConditionModel, CLIPTextModel ViT-L/14, AutoencoderKL).
 SD15_PARAMS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
+
+
+def sd15_lora_params_per_rank() -> dict[str, int]:
+    """LoRA parameters per unit of rank on SD 1.5's attention projections (helpers.lora's targets).
+
+    A rank-r adapter on a d_out x d_in projection adds r(d_in + d_out). Each of the UNet's 16
+    transformer blocks (width d) has self-attention q, k, v, out (d x d: 8rd) and cross-attention
+    q, out (d x d: 4rd) and k, v (768 -> d: 2r(768 + d)); the text encoder's 12 layers have q, k, v,
+    out of 768 x 768.
+    """
+    widths = [320, 320, 640, 640, 1280, 1280] + [1280] + [1280] * 3 + [640] * 3 + [320] * 3
+    unet = sum(14 * d + 2 * 768 for d in widths)
+    return {"unet": unet, "text_encoder": 12 * 4 * (768 + 768)}
 
 # Measured on an NVIDIA H100 80GB HBM3 on 2026-11-25 (torch 2.11.0+cu130, diffusers 0.42.1,
 # bitsandbytes 0.50.2; 512 and 768 px, 2 samples a step); the byte counts are the same on any CUDA GPU
@@ -68,6 +83,7 @@ class MemoryConfig:
     use_8bit_adam: bool = True
     gradient_checkpointing: bool = True
     train_text_encoder: bool = False
+    lora_rank: int | None = None  # adapters only: the UNet (and text encoder) stay frozen
 
 
 def adam_state_bytes(params: int, eight_bit: bool) -> float:
@@ -80,6 +96,9 @@ def estimate(cfg: MemoryConfig) -> dict[str, float]:
     trainable = cfg.unet_params + (cfg.text_encoder_params if cfg.train_text_encoder else 0)
     half = cfg.mixed_precision in ("fp16", "bf16")
     frozen = cfg.vae_params + (0 if cfg.train_text_encoder else cfg.text_encoder_params)
+    if cfg.lora_rank:  # the base joins the frozen parts; the adapters are all that trains
+        frozen, per_rank = frozen + trainable, sd15_lora_params_per_rank()
+        trainable = cfg.lora_rank * (per_rank["unet"] + (per_rank["text_encoder"] if cfg.train_text_encoder else 0))
     samples = cfg.train_batch_size * (2 if cfg.with_prior_preservation else 1)
     latent_pixels = (cfg.resolution // cfg.vae_factor) ** 2
     mode = "checkpointed" if cfg.gradient_checkpointing else "full"

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from helpers.cli import UsageError
+from helpers.lora import WEIGHTS as LORA_WEIGHTS, base_model as lora_base_model, is_lora_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -75,6 +76,8 @@ def choose_profile(name: str | None = None) -> Profile:
 def profile_for_model(model: str) -> Profile:
     """The profile a ``--model`` value implies: toy for the toy model or a fine-tune of it, sd15 otherwise."""
     path = resolve_model(model)
+    if is_lora_folder(Path(path)):
+        return profile_for_model(lora_base_model(Path(path)))
     if Path(path).is_dir() and _is_toy_folder(Path(path)):
         return replace(TOY, model=path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -93,9 +96,9 @@ def resolve_model(model: str) -> str:
         model = str(TOY_MODEL)
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").exists():
-            raise UsageError(f"{model} is a folder but not a diffusers pipeline (no model_index.json): "
-                             "pass a folder written by StableDiffusionPipeline.save_pretrained")
+        if not (path / "model_index.json").exists() and not is_lora_folder(path):
+            raise UsageError(f"{model} is a folder but not a diffusers pipeline (no model_index.json) nor LoRA "
+                             f"weights ({LORA_WEIGHTS}): pass a folder written by save_pretrained or the trainer")
         return str(path)
     if not HUB_ID.fullmatch(model):
         raise UsageError(f"model path {model!r} does not exist: pass --model toy, a folder written by "
@@ -108,6 +111,10 @@ def load_pipeline(model: str = "toy", profile: Profile | None = None):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     path = resolve_model(model)
+    if is_lora_folder(Path(path)):  # a LoRA fine-tune: its base pipeline with the adapters loaded
+        from helpers.lora import load_lora
+
+        return load_lora(load_pipeline(lora_base_model(Path(path)), profile), Path(path))
     profile = profile or profile_for_model(model)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(path, dtype=profile.dtype, safety_checker=None,
@@ -122,9 +129,14 @@ def load_pipeline(model: str = "toy", profile: Profile | None = None):
 
 
 def download(model: str = SD15_MODEL) -> str:
-    """Fetch a hub model into the local cache before a workshop (the only network use)."""
+    """Fetch a hub model into the local cache before a workshop (the only network use): a diffusers
+    pipeline, or one of the photo scorers (DINO, CLIP), whose files sit at the repository's root."""
     from huggingface_hub import snapshot_download
 
+    from helpers.photo_scorers import CLIP_MODEL, DINO_MODEL
+
+    if model in (DINO_MODEL, CLIP_MODEL):
+        return snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors", "pytorch_model.bin"])
     return snapshot_download(model, allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
                              ignore_patterns=["*non_ema*", "*.fp16.*", "safety_checker/*"])
 

@@ -35,6 +35,7 @@ from helpers.cli import UsageError
 from helpers.data import image_files, load_rgb
 from helpers.identifiers import identifier_warnings
 from helpers.latents import encode as encode_latents, preprocess
+from helpers.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, load_lora, save_lora
 from helpers.losses import dreambooth_loss
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
@@ -72,6 +73,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"
     train_text_encoder: bool = False
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
     snr_gamma: float | None = None
     offset_noise: bool = False
     checkpointing_steps: int = 500
@@ -96,6 +99,9 @@ class TrainConfig:
             raise UsageError(f"--mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on a CPU use no (or bf16)")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise UsageError(f"--lora_rank must be a positive integer (got {self.lora_rank}); "
+                             "leave it out for a full fine-tune")
         if not self.instance_prompt.strip():
             raise UsageError("--instance_prompt is empty: use something like \"a photo of sks dog\"")
 
@@ -201,9 +207,15 @@ class Trainer:
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(cfg.train_text_encoder)
         frozen = [self.vae] + ([] if cfg.train_text_encoder else [self.text_encoder])
+        if cfg.lora_rank:  # with LoRA the base weights are frozen too; only the adapters train
+            frozen += [self.unet] + ([self.text_encoder] if cfg.train_text_encoder else [])
         cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
         for part in frozen:  # frozen parts in half precision on a GPU: half the memory, no gradients needed
             part.to(acc.device, **cast)
+        if cfg.lora_rank:
+            add_lora(self.unet, cfg.lora_rank, cfg.lora_alpha, UNET_TARGETS)
+            if cfg.train_text_encoder:
+                add_lora(self.text_encoder, cfg.lora_rank, cfg.lora_alpha, TEXT_ENCODER_TARGETS)
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if cfg.train_text_encoder:
@@ -265,7 +277,7 @@ class Trainer:
 
         groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
         if cfg.train_text_encoder:
-            groups.append({"params": list(self.text_encoder.parameters()),
+            groups.append({"params": [p for p in self.text_encoder.parameters() if p.requires_grad],
                            "lr": cfg.text_encoder_lr or cfg.learning_rate})
         optimizer = make_optimizer(groups, cfg.learning_rate, cfg.use_8bit_adam, cfg.allow_adamw_fallback,
                                    weight_decay=cfg.adam_weight_decay)
@@ -402,10 +414,20 @@ class Trainer:
         return torch.cat(parts)
 
     def _save_pipeline(self) -> None:
-        """The fine-tuned pipeline, loadable with StableDiffusionPipeline.from_pretrained(output_dir)."""
+        """The fine-tuned pipeline, loadable with StableDiffusionPipeline.from_pretrained(output_dir);
+        with LoRA only the adapters, loadable with pipe.load_lora_weights(output_dir)."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-        acc = self.accelerator
+        acc, cfg = self.accelerator, self.config
+        if cfg.lora_rank:
+            text_encoder = acc.unwrap_model(self.text_encoder) if cfg.train_text_encoder else None
+            base = cfg.pretrained_model_name_or_path
+            if base != "toy" and Path(base).exists():
+                base = str(Path(base).resolve())  # a local base must still be found from another folder
+            save_lora(self.output_dir, base, acc.unwrap_model(self.unet), text_encoder, cfg.lora_rank, cfg.lora_alpha)
+            if cfg.validation_prompt:
+                self._validate(load_lora(self._pipeline(), self.output_dir))
+            return
         parts = {"unet": acc.unwrap_model(self.unet), "text_encoder": acc.unwrap_model(self.text_encoder), "vae": self.vae}
         parts = {k: m if m.dtype == torch.float32 else m.float() for k, m in parts.items()}
         pipe = StableDiffusionPipeline.from_pretrained(self.model_path, **parts, safety_checker=None,

@@ -1,6 +1,9 @@
+import sys
+
 import pytest
 
 from helpers import memory
+from helpers.profiles import ROOT
 
 
 def test_terms_add_up_and_the_recipes_order_as_expected():
@@ -23,3 +26,27 @@ def test_activations_grow_with_batch_and_resolution_and_shrink_with_checkpointin
     assert act(resolution=768)["total"] > act()["total"]
     assert act(train_batch_size=2)["total"] > act()["total"]
     assert act(gradient_checkpointing=True)["total"] < act()["total"]
+
+
+def test_sd15_lora_parameter_count_matches_the_real_architecture():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sd15_memory import UNET_CONFIG
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+    per_rank = sum(m.in_features + m.out_features for name, m in unet.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0")
+                   and ".attn" in name)
+    assert memory.sd15_lora_params_per_rank()["unet"] == per_rank
+
+
+def test_lora_trains_the_adapters_and_freezes_the_unet():
+    full = memory.estimate(memory.MemoryConfig())
+    lora = memory.estimate(memory.MemoryConfig(lora_rank=4))
+    adapters = 4 * memory.sd15_lora_params_per_rank()["unet"]
+    assert lora["weights (trainable, fp32)"] == adapters * 4
+    assert lora["frozen parts"] == full["frozen parts"] + memory.SD15_PARAMS["unet"] * 2
+    assert lora["total"] < full["total"] - 5 * memory.GB
