@@ -25,9 +25,10 @@ from helpers.runtime import configure_cpu
 
 def generate_images(pipe, prompt: str, num_images: int, seed: int = 0, num_inference_steps: int = 50,
                     guidance_scale: float = 4.0, batch_size: int = 8, progress: bool = False,
-                    resolution: int | None = None) -> list[Image.Image]:
+                    resolution: int | None = None, **pipe_kwargs) -> list[Image.Image]:
     """``num_images`` PIL images for one prompt ("" draws unconditional samples), at the model's
-    own size unless ``resolution`` says otherwise."""
+    own size unless ``resolution`` says otherwise; ``pipe_kwargs`` go to the pipeline as they are
+    (``cross_attention_kwargs={"scale": 0.5}`` halves a LoRA's effect)."""
     device = pipe.device.type if pipe.device.type != "mps" else "cpu"
     images: list[Image.Image] = []
     starts = range(0, num_images, batch_size)
@@ -35,7 +36,7 @@ def generate_images(pipe, prompt: str, num_images: int, seed: int = 0, num_infer
         n = min(batch_size, num_images - start)
         gens = [torch.Generator(device).manual_seed(seed + start + i) for i in range(n)]
         out = pipe([prompt] * n, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   generator=gens, height=resolution, width=resolution)
+                   generator=gens, height=resolution, width=resolution, **pipe_kwargs)
         images += out.images
     return images
 
