@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 tests notebooks
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --durations=12 tests notebooks
 
 course: $(STAMP)
 	$(BIN)/python -m helpers.course --output outputs
