@@ -8,7 +8,9 @@ output folder), with what a course needs on top:
 - randomness that depends only on (seed, step, rank): batches, noise and timesteps are drawn from
   a generator seeded per step, so resuming from a checkpoint continues exactly the same run;
 - atomic checkpoints (a kill during a save leaves the previous one usable) and ``latest`` resume;
-- min-SNR weighting that also works with prior preservation (each half by its own timesteps).
+- min-SNR weighting that also works with prior preservation (each half by its own timesteps);
+- LoRA (``lora_rank``) as in diffusers' ``train_dreambooth_lora.py``: peft adapters on the
+  attention projections, saved in diffusers' LoRA format (``helpers.lora``).
 
 Scale-out is accelerate's: the same code runs under ``accelerate launch`` or ``torchrun``.
 """
