@@ -215,9 +215,11 @@ class Trainer:
         for part in frozen:  # frozen parts in half precision on a GPU: half the memory, no gradients needed
             part.to(acc.device, **cast)
         if cfg.lora_rank:
-            add_lora(self.unet, cfg.lora_rank, cfg.lora_alpha, UNET_TARGETS)
-            if cfg.train_text_encoder:
-                add_lora(self.text_encoder, cfg.lora_rank, cfg.lora_alpha, TEXT_ENCODER_TARGETS)
+            with torch.random.fork_rng():  # the adapters' random init follows --seed, like everything else
+                torch.manual_seed(cfg.seed)
+                add_lora(self.unet, cfg.lora_rank, cfg.lora_alpha, UNET_TARGETS)
+                if cfg.train_text_encoder:
+                    add_lora(self.text_encoder, cfg.lora_rank, cfg.lora_alpha, TEXT_ENCODER_TARGETS)
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if cfg.train_text_encoder:

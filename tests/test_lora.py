@@ -88,3 +88,15 @@ def test_lora_rank_must_be_positive(rank, tmp_path):
                          lora_rank=rank)
     with pytest.raises(UsageError, match="--lora_rank must be a positive integer"):
         config.check()
+
+
+def test_the_same_seed_gives_the_same_adapters(tmp_path):
+    weights = []
+    for run, global_seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(global_seed)  # whatever the global random state, --seed decides
+        train(TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog",
+                          output_dir=str(tmp_path / run), max_train_steps=2, learning_rate=1e-3, progress=False,
+                          checkpointing_steps=0, lora_rank=4, seed=3))
+        weights.append(load_file(str(tmp_path / run / lora.WEIGHTS)))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
