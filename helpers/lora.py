@@ -88,11 +88,12 @@ def _target_shapes(folder: Path) -> dict[str, tuple[int, int]]:
 
 def check_fits(pipe, folder: Path) -> None:
     """Fail with one line if the adapters were trained on a base of another shape."""
-    parts = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    modules = {part: dict(model.named_modules()) for part, model in (("unet", pipe.unet),
+                                                                    ("text_encoder", pipe.text_encoder))}
     for name, (d_out, d_in) in _target_shapes(folder).items():
         part, _, path = name.partition(".")
-        modules = dict(parts[part].named_modules()) if part in parts else {}
-        module = modules.get(path) or modules.get(f"text_model.{path}")  # CLIP's modules sit under text_model
+        found_in = modules.get(part, {})
+        module = found_in.get(path) or found_in.get(f"text_model.{path}")  # CLIP's modules sit under text_model
         have = tuple(module.weight.shape) if module is not None and hasattr(module, "weight") else None
         if have != (d_out, d_in):
             found = "missing" if have is None else f"{have[0]}x{have[1]}"
