@@ -6,7 +6,8 @@ toy world provides exactly that on a CPU: eight object classes, ten colours, two
 backgrounds, instance details (a second colour, a pattern, a body shape) and rare-token instance
 names ("a photo of kaw dog") that teach the text encoder that an unfamiliar word can carry
 identity. Every image is a deterministic function of a seed, and each scene also renders as
-structure-only images (outline, edges, layout) for the ControlNet lessons.
+structure-only images (outline, edges, layout) for the ControlNet lessons, and at 128 px with a
+small emblem on each object for the super-resolution lesson.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ BACKGROUND_PHRASES = {
     "snow": "in the snow",
 }
 PATTERNS = ("plain", "spots", "stripes")
+# Fine detail for the super-resolution lesson: a mark a few pixels wide that a 128 px render
+# shows and a 64 px one blurs into a blob. Anchors are in each class's drawing coordinates.
+EMBLEMS = ("star", "ring", "cross", "diamond")
+EMBLEM_ANCHORS = {"dog": (-0.15, 0.05), "cat": (-0.1, 0.25), "sunglasses": (0.47, -0.02), "cup": (0.0, 0.05),
+                  "house": (0.0, -0.32), "tree": (0.0, -0.2), "car": (-0.2, 0.02), "flower": (0.0, -0.35)}
+EMBLEM_RADIUS = 0.09
 SUPERSAMPLE = 4
 
 
@@ -60,6 +67,8 @@ class Instance:
     accent: str
     pattern: str
     shape: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    emblem: str = ""              # a small mark drawn only in detailed renders (see EMBLEMS)
+    emblem_colour: str = "yellow"
 
 
 @dataclass(frozen=True)
@@ -330,14 +339,37 @@ def _draw_flower(pen: _Pen, inst: Instance, petals, accent) -> None:
     pen.ellipse((-0.2, -0.55, 0.2, -0.15), accent)
 
 
+def _draw_emblem(pen: _Pen, inst: Instance) -> None:
+    u, v = EMBLEM_ANCHORS[inst.cls]
+    r, colour = EMBLEM_RADIUS, COLOURS[inst.emblem_colour]
+    if inst.emblem == "star":
+        pts = [(u + (r if k % 2 == 0 else 0.45 * r) * np.sin(np.pi * k / 5),
+                v - (r if k % 2 == 0 else 0.45 * r) * np.cos(np.pi * k / 5)) for k in range(10)]
+        pen.poly(pts, colour)
+    elif inst.emblem == "ring":
+        pen.ellipse((u - r, v - r, u + r, v + r), None, width=max(1, int(0.35 * r * pen.half)), outline=colour)
+    elif inst.emblem == "cross":
+        pen.rect((u - r, v - 0.3 * r, u + r, v + 0.3 * r), colour)
+        pen.rect((u - 0.3 * r, v - r, u + 0.3 * r, v + r), colour)
+    elif inst.emblem == "diamond":
+        pen.poly([(u, v - r), (u + 0.7 * r, v), (u, v + r), (u - 0.7 * r, v)], colour)
+    else:
+        raise ValueError(f"unknown emblem {inst.emblem!r}; choose one of {EMBLEMS}")
+
+
 _DRAWERS = {
     "dog": _draw_dog, "cat": _draw_cat, "sunglasses": _draw_sunglasses, "cup": _draw_cup,
     "house": _draw_house, "tree": _draw_tree, "car": _draw_car, "flower": _draw_flower,
 }
 
 
-def render_with_mask(scene: Scene, size: int = 64, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
-    """Render a scene and its label map (0 background, k for the k-th object, 1-based)."""
+def render_with_mask(scene: Scene, size: int = 64, seed: int = 0,
+                     detail: bool = False) -> tuple[Image.Image, np.ndarray]:
+    """Render a scene and its label map (0 background, k for the k-th object, 1-based).
+
+    ``detail`` adds each instance's emblem; without it the pixels are exactly those the toy model
+    was pretrained on.
+    """
     s = size * SUPERSAMPLE
     rng = random.Random(seed)
     img = Image.new("RGB", (s, s))
@@ -350,14 +382,16 @@ def render_with_mask(scene: Scene, size: int = 64, seed: int = 0) -> tuple[Image
         body = _jitter(COLOURS[inst.colour], rng, 10)
         accent = _jitter(COLOURS[inst.accent], rng, 10)
         _DRAWERS[inst.cls](pen, inst, body, accent)
+        if detail and inst.emblem:
+            _draw_emblem(pen, inst)
     img = img.resize((size, size), Image.Resampling.BOX)
     labels = np.asarray(mask.resize((size, size), Image.Resampling.NEAREST))
     return img, labels
 
 
-def render(scene: Scene, size: int = 64, seed: int = 0) -> Image.Image:
+def render(scene: Scene, size: int = 64, seed: int = 0, detail: bool = False) -> Image.Image:
     """Render a scene to an RGB image; the same scene and seed always give the same pixels."""
-    return render_with_mask(scene, size, seed)[0]
+    return render_with_mask(scene, size, seed, detail)[0]
 
 
 def render_structure(scene: Scene, kind: str = "outline", size: int = 64, seed: int = 0) -> Image.Image:
@@ -461,16 +495,33 @@ def random_sample(seed: int, names: dict[str, Instance] | None = None, name_prob
     return Sample(scene, caption, size_word, position, name, labels)
 
 
-def subject_views(instance: Instance, count: int, seed: int = 0,
-                  backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach")) -> list[Image.Image]:
+def subject_scenes(instance: Instance, count: int, seed: int = 0,
+                   backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach")) -> list[Scene]:
     """The same subject in new poses and scenes: what a learner photographs for DreamBooth."""
     rng = random.Random(seed)
-    views = []
+    scenes = []
     for k in range(count):
         placed, _, _ = place(instance, rng, size_word="big")
-        placed = dataclasses.replace(placed, flip=bool(k % 2))
-        views.append(render(Scene((placed,), backgrounds[k % len(backgrounds)]), seed=seed * 1000 + k))
-    return views
+        scenes.append(Scene((dataclasses.replace(placed, flip=bool(k % 2)),), backgrounds[k % len(backgrounds)]))
+    return scenes
+
+
+def subject_views(instance: Instance, count: int, seed: int = 0,
+                  backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach"),
+                  size: int = 64, detail: bool = False) -> list[Image.Image]:
+    """Renders of `subject_scenes`, each with its own colour jitter."""
+    scenes = subject_scenes(instance, count, seed, backgrounds)
+    return [render(scene, size, seed * 1000 + k, detail) for k, scene in enumerate(scenes)]
+
+
+def emblem_box(placed: Placed, size: int, margin: float = 1.5) -> tuple[int, int, int, int]:
+    """The pixel box (left, top, right, bottom) around an instance's emblem, for crops and metrics."""
+    u, v = EMBLEM_ANCHORS[placed.instance.cls]
+    half = placed.size * size / 2
+    x = placed.x * size + (-1 if placed.flip else 1) * u * half
+    y = placed.y * size + v * half
+    r = margin * EMBLEM_RADIUS * half
+    return int(x - r), int(y - r), int(np.ceil(x + r)), int(np.ceil(y + r))
 
 
 # --------------------------------------------------------------------------- prompts
@@ -501,23 +552,33 @@ def vocabulary_words() -> list[str]:
 
 # The toy subjects a learner DreamBooths: a spotted brown dog and pink sunglasses, echoing the two
 # real subjects in data/dreambooth/. Instance details (accent colour, pattern, shape) are what
-# subject fidelity must recover; class and colour alone are shared with many other instances.
+# subject fidelity must recover; class and colour alone are shared with many other instances. The
+# emblem (a blue star, a white cross) is the fine detail that only the 128 px photos show.
 SUBJECTS = {
-    "toy_dog": Instance("dog", "brown", "white", "spots", (0.8, 0.7, 0.3)),
-    "toy_sunglasses": Instance("sunglasses", "pink", "black", "stripes", (0.3, 0.6, 0.8)),
+    "toy_dog": Instance("dog", "brown", "white", "spots", (0.8, 0.7, 0.3), emblem="star", emblem_colour="blue"),
+    "toy_sunglasses": Instance("sunglasses", "pink", "black", "stripes", (0.3, 0.6, 0.8), emblem="cross",
+                               emblem_colour="white"),
 }
 SUBJECT_VIEWS = {"toy_dog": 5, "toy_sunglasses": 6}
 
 
 def write_subjects(folder: str | Path, seed: int = 0) -> list[Path]:
-    """Render each toy subject's photos into ``folder/<name>/NN.png`` (committed under data/subjects)."""
+    """Render each toy subject's photos: ``folder/<name>/NN.png`` at 64 px (what DreamBooth trains on)
+    and ``folder-128/<name>/NN.png`` at 128 px with the emblem (the originals, for super-resolution).
+
+    The 64 px photos are box-downsampled originals, as a learner would shrink real photos, so the
+    emblem is in them too, as the blob that 64 px can hold.
+    """
+    folder = Path(folder)
     written = []
     for name, instance in SUBJECTS.items():
-        out = Path(folder) / name
-        out.mkdir(parents=True, exist_ok=True)
-        for k, img in enumerate(subject_views(instance, SUBJECT_VIEWS[name], seed=seed)):
-            img.save(out / f"{k:02d}.png")
-            written.append(out / f"{k:02d}.png")
+        views = subject_views(instance, SUBJECT_VIEWS[name], seed=seed, size=128, detail=True)
+        for out, images in ((folder / name, [v.resize((64, 64), Image.Resampling.BOX) for v in views]),
+                            (folder.with_name(f"{folder.name}-128") / name, views)):
+            out.mkdir(parents=True, exist_ok=True)
+            for k, img in enumerate(images):
+                img.save(out / f"{k:02d}.png")
+                written.append(out / f"{k:02d}.png")
     return written
 
 
@@ -525,6 +586,6 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] != ["subjects"]:
-        sys.exit("usage: python -m helpers.toyworld subjects   (writes data/subjects/<name>/NN.png)")
+        sys.exit("usage: python -m helpers.toyworld subjects   (writes data/subjects/<name>/NN.png and data/subjects-128/)")
     for path in write_subjects(Path(__file__).resolve().parent.parent / "data" / "subjects"):
         print(path)
