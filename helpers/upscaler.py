@@ -70,6 +70,7 @@ def condition(low: torch.Tensor) -> torch.Tensor:
 
 
 def check_sizes(images: list[Image.Image]) -> None:
+    """One line that names the wrong sizes, before any work is done on them."""
     wrong = sorted({i.size for i in images if i.size != (LOW, LOW)})
     if wrong:
         raise UsageError(f"the upscaler takes {LOW}x{LOW} images and makes {HIGH}x{HIGH}; got "
@@ -110,6 +111,7 @@ def build_upscaler(channels: tuple[int, ...] = (16, 32, 64)) -> ToyUpscalePipeli
 
 
 def load_upscaler(path: str | Path) -> ToyUpscalePipeline:
+    """A saved upscaler, or one line saying the folder holds none."""
     path = Path(path).expanduser()
     if not (path / "model_index.json").exists():
         raise UsageError(f"no upscaler in {str(path)!r}: pass the folder that `python -m helpers.upscaler "
@@ -119,7 +121,7 @@ def load_upscaler(path: str | Path) -> ToyUpscalePipeline:
 
 # --------------------------------------------------------------------------- training data
 
-def world_pairs(seed: int, count: int, emblem_prob: float = 0.8) -> list[Image.Image]:
+def world_images(seed: int, count: int, emblem_prob: float = 0.8) -> list[Image.Image]:
     """Fresh 128 px toy scenes whose instances carry random emblems (the world at large)."""
     out = []
     for s in range(seed, seed + count):
@@ -183,12 +185,14 @@ def loss_on(pipe: ToyUpscalePipeline, high: torch.Tensor, cond: torch.Tensor, ge
 
 @dataclasses.dataclass
 class FitResult:
+    """What a `fit` run reports: the loss of every step, and the wall time."""
+
     losses: list[float]
     seconds: float
 
 
 def fit(pipe: ToyUpscalePipeline, images: list[Image.Image] | None, steps: int, learning_rate: float,
-        batch_size: int = 8, crop: int = 64, seed: int = 0, world_seed: int | None = None,
+        batch_size: int = 8, crop: int = 64, seed: int = 0, world_seed: int = 0,
         augment: float = 1.0, progress: bool = True) -> FitResult:
     """Train the upscaler on (downsampled, original) pairs of 128 px ``images``.
 
@@ -214,7 +218,7 @@ def fit(pipe: ToyUpscalePipeline, images: list[Image.Image] | None, steps: int, 
     losses, start = [], time.time()
     for step in (bar := tqdm(range(steps), desc="upscaler", disable=not progress)):
         if images is None:
-            batch = world_pairs(world_seed + step * batch_size, batch_size)
+            batch = world_images(world_seed + step * batch_size, batch_size)
             high, low = to_tensor(batch), to_tensor(downsample(batch))
         else:
             idx = torch.randint(0, len(images), (batch_size,), generator=gen)

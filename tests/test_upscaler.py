@@ -23,7 +23,7 @@ def _images(size: int, count: int = 2) -> list[Image.Image]:
 
 
 def test_upscales_64px_to_128px_deterministically(fresh):
-    low = up.downsample(up.world_pairs(5, 2))
+    low = up.downsample(up.world_images(5, 2))
     a, b = fresh(low, num_inference_steps=2, seed=3), fresh(low, num_inference_steps=2, seed=3)
     assert [i.size for i in a] == [(128, 128)] * 2
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
@@ -45,7 +45,7 @@ def test_condition_is_bicubic_upsampling_in_range():
 
 
 def test_degrade_blurs_and_noises_within_range_and_is_seeded():
-    low = up.to_tensor(up.downsample(up.world_pairs(3, 4)))
+    low = up.to_tensor(up.downsample(up.world_images(3, 4)))
     a = up.degrade(low, torch.Generator().manual_seed(1))
     b = up.degrade(low, torch.Generator().manual_seed(1))
     assert a.shape == low.shape and torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
@@ -69,7 +69,7 @@ def test_fit_is_seeded_and_changes_the_weights():
     def run():
         torch.manual_seed(0)
         pipe = up.build_upscaler()
-        up.fit(pipe, up.world_pairs(0, 2), steps=2, learning_rate=1e-3, batch_size=2, crop=32, progress=False)
+        up.fit(pipe, up.world_images(0, 2), steps=2, learning_rate=1e-3, batch_size=2, crop=32, progress=False)
         return pipe.unet.conv_in.weight.detach().clone()
 
     torch.manual_seed(0)
