@@ -24,6 +24,16 @@ CENTRES = {"left": ((0.27, 0.55), (0.73, 0.55)), "right": ((0.73, 0.55), (0.27, 
            "above": ((0.5, 0.27), (0.5, 0.73)), "below": ((0.5, 0.73), (0.5, 0.27))}
 
 
+# Class pairs kept out of ControlNet training, in both orders, so that evaluation asks for
+# combinations the model has never been shown together.
+HELD_OUT_PAIRS = [(a, b) for a, b in (("dog", "cup"), ("car", "tree"), ("cat", "house")) for a, b in ((a, b), (b, a))]
+
+
+def train_pairs() -> list[tuple[str, str]]:
+    """Every ordered pair of distinct classes except the held-out ones."""
+    return [(a, b) for a in toyworld.CLASSES for b in toyworld.CLASSES if a != b and (a, b) not in HELD_OUT_PAIRS]
+
+
 @dataclass(frozen=True)
 class RelationSample:
     """A scene of two objects, the prompt that describes it, and what the prompt says."""
