@@ -96,7 +96,7 @@ def load_judge(path: str | Path) -> Judge:
 
 # --------------------------------------------------------------------------- training
 
-def _augment(img: Image.Image, rng: random.Random) -> Image.Image:
+def blur_and_noise(img: Image.Image, rng: random.Random) -> Image.Image:
     """Blur and noise, so that the judge also reads the softer images a diffusion model draws."""
     if rng.random() < 0.5:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
@@ -114,7 +114,7 @@ def labelled_batch(seeds: range, augment: bool = True) -> tuple[torch.Tensor, di
     for seed in seeds:
         sample = toyworld.random_sample(seed, names)
         img = toyworld.render(sample.scene, seed=seed)
-        images.append(_augment(img, random.Random(seed)) if augment else img)
+        images.append(blur_and_noise(img, random.Random(seed)) if augment else img)
         for k in HEADS:
             labels[k].append(sample.labels[k])
     return to_tensor(images), {k: torch.tensor(v) for k, v in labels.items()}
