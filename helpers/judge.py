@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,26 +121,36 @@ def labelled_batch(seeds: range, augment: bool = True) -> tuple[torch.Tensor, di
     return to_tensor(images), {k: torch.tensor(v) for k, v in labels.items()}
 
 
-def train_judge(output: str | Path, steps: int = 1200, batch_size: int = 64, seed: int = 0,
-                command: str = "python -m helpers.pretrain judge") -> dict:
-    """Train the judge on fresh renders (seeds from 10**7 upwards) and save it with a card."""
-    torch.manual_seed(seed)
-    judge = Judge()
-    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
+def train_steps(model: nn.Module, loss_at: Callable[[int], torch.Tensor], steps: int, desc: str) -> None:
+    """The loop the judge and its locator share: AdamW on a one-cycle schedule, one fresh batch a
+    step (``loss_at(step)`` renders it and returns its loss), a progress bar; ends in eval mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    start = time.time()
-    for step in (bar := tqdm(range(steps), desc="judge")):
-        base = 10**7 + seed * 10**6 + step * batch_size
-        x, y = labelled_batch(range(base, base + batch_size))
-        _, logits = judge(x)
-        loss = sum(F.cross_entropy(logits[k], y[k]) for k in HEADS)
+    for step in (bar := tqdm(range(steps), desc=desc)):
+        loss = loss_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    judge.eval()
+    model.eval()
+
+
+def train_judge(output: str | Path, steps: int = 1200, batch_size: int = 64, seed: int = 0,
+                command: str = "python -m helpers.pretrain judge") -> dict:
+    """Train the judge on fresh renders (seeds from 10**7 upwards) and save it with a card."""
+    torch.manual_seed(seed)
+    judge = Judge()
+
+    def loss_at(step: int) -> torch.Tensor:
+        base = 10**7 + seed * 10**6 + step * batch_size
+        x, y = labelled_batch(range(base, base + batch_size))
+        _, logits = judge(x)
+        return sum(F.cross_entropy(logits[k], y[k]) for k in HEADS)
+
+    start = time.time()
+    train_steps(judge, loss_at, steps, "judge")
     accuracy = judge_accuracy(judge)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

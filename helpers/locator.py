@@ -28,12 +28,11 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from helpers import relations, toyworld
 from helpers.atomic import save_safetensors_atomic, write_text_atomic
 from helpers.cli import UsageError, run_main
-from helpers.judge import blur_and_noise, to_tensor
+from helpers.judge import blur_and_noise, to_tensor, train_steps
 from helpers.runtime import configure_cpu
 
 CELL = 4                  # pixels per map cell: 64 px images give 16 x 16 maps
@@ -186,21 +185,15 @@ def accuracy_on_fresh_renders(locator: Locator, count: int = 512, first_seed: in
 def train_locator(output: Path, steps: int, batch_size: int, seed: int, command: str) -> dict:
     torch.manual_seed(seed)
     locator = Locator()
-    opt = torch.optim.AdamW(locator.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    start = time.time()
-    for step in (bar := tqdm(range(steps), desc="locator")):
+
+    def loss_at(step: int) -> torch.Tensor:
         base = 2 * 10**7 + seed * 10**6 + step * batch_size
         x, cls, colour = training_batch(range(base, base + batch_size))
         cls_logits, colour_logits = locator(x)
-        loss = F.cross_entropy(cls_logits, cls) + F.cross_entropy(colour_logits, colour, ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    locator.eval()
+        return F.cross_entropy(cls_logits, cls) + F.cross_entropy(colour_logits, colour, ignore_index=IGNORE)
+
+    start = time.time()
+    train_steps(locator, loss_at, steps, "locator")
     report = {"command": command, "steps": steps, "batch_size": batch_size, "seed": seed,
               "seconds": round(time.time() - start, 1), "fresh_two_object_renders": accuracy_on_fresh_renders(locator)}
     output.mkdir(parents=True, exist_ok=True)
