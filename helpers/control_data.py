@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from helpers.cli import UsageError, run_main
 from helpers.data import load_rgb
 
 SIZE = 64
+DESCRIPTION = "dataset.json"  # how the folder was made, quoted by the ControlNet's model card
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ def make_row(seed: int, pairs: list[tuple[str, str]] | None = None) -> Row:
     """A two-object scene from the training pairs, its true-layout sketch and its prompt."""
     sample = relations.relation_sample(seed, pairs if pairs is not None else relations.train_pairs())
     image = toyworld.render(sample.scene, SIZE, seed)
-    sketch = tikz.render(relations.layout_code(sample, SIZE, seed), SIZE, labels=False)
+    sketch = tikz.render(relations.layout_code(sample, SIZE, seed), SIZE, labels="glyph")
     return Row(image, sketch, sample.prompt)
 
 
@@ -52,7 +54,7 @@ def write_dataset(output: str | Path, count: int, seed: int = 0, progress: bool 
     """Render ``count`` rows into ``output`` (built aside and swapped in whole)."""
     if count < 1:
         raise UsageError(f"--count must be a positive number of rows, got {count}")
-    output = Path(output).expanduser().resolve()
+    given, output = str(output), Path(output).expanduser().resolve()
     build = output.with_name(f".{output.name}.build")
     for sub in ("images", "conditioning_images"):
         (build / sub).mkdir(parents=True, exist_ok=True)
@@ -65,26 +67,50 @@ def write_dataset(output: str | Path, count: int, seed: int = 0, progress: bool 
         lines.append(json.dumps({"image": f"images/{name}", "conditioning_image": f"conditioning_images/{name}",
                                  "text": row.text}))
     write_text_atomic(build / "train.jsonl", "\n".join(lines) + "\n")
+    command = f"python -m helpers.control_data --output {shlex.quote(given)} --count {count} --seed {seed}"
+    write_text_atomic(build / DESCRIPTION, json.dumps({"count": count, "seed": seed, "command": command}))
     replace_dir_atomic(build, output)
     return output
 
 
-def load_dataset(folder: str | Path) -> list[Row]:
-    """The rows of a folder that `write_dataset` (or any fill50k-style writer) produced."""
+@dataclass(frozen=True)
+class Entry:
+    """One row of an index: where its two images are, and its caption (images are read when needed)."""
+
+    image: Path
+    conditioning_image: Path
+    text: str
+
+    def load(self) -> Row:
+        return Row(load_rgb(self.image), load_rgb(self.conditioning_image), self.text)
+
+
+def read_index(folder: str | Path, image_column: str = "image", conditioning_image_column: str = "conditioning_image",
+               caption_column: str = "text") -> list[Entry]:
+    """The rows of a fill50k-style folder (``train.jsonl`` beside the images), checked but not loaded."""
     folder = Path(folder).expanduser()
     index = folder / "train.jsonl"
     if not index.exists():
         raise UsageError(f"no train.jsonl in {str(folder)!r}: write one with `python -m helpers.control_data`")
-    rows = []
+    columns = (image_column, conditioning_image_column, caption_column)
+    entries = []
     for number, line in enumerate(index.read_text().splitlines(), start=1):
         try:
-            entry = json.loads(line)
-            image, conditioning_image, text = entry["image"], entry["conditioning_image"], entry["text"]
+            row = json.loads(line)
+            image, conditioning_image, text = (row[c] for c in columns)
         except (ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"{index}, line {number}: not a row with image, conditioning_image and text "
-                             f"({type(err).__name__}: {err})") from None
-        rows.append(Row(load_rgb(folder / image), load_rgb(folder / conditioning_image), text))
-    return rows
+            raise UsageError(f"{index}, line {number}: not a row with the columns {', '.join(columns)} "
+                             f"({type(err).__name__}: {err}); name the columns with --image_column, "
+                             "--conditioning_image_column and --caption_column") from None
+        entries.append(Entry(folder / image, folder / conditioning_image, str(text)))
+    if not entries:
+        raise UsageError(f"{index} has no rows")
+    return entries
+
+
+def load_dataset(folder: str | Path) -> list[Row]:
+    """Every row of a folder, images loaded."""
+    return [entry.load() for entry in read_index(folder)]
 
 
 def main(argv: list[str] | None = None) -> None:

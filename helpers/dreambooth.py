@@ -10,12 +10,7 @@ Runs unchanged under ``accelerate launch`` and ``torchrun --nproc_per_node N`` (
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-
-from helpers.cli import run_main
-from helpers.runtime import configure_cpu
+from helpers.cli import run_main, train_main
 from helpers.train import TrainConfig, train
 
 _HELP = {
@@ -37,31 +32,8 @@ _HELP = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m helpers.dreambooth", description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(TrainConfig):
-        flag = f"--{f.name}"
-        required = f.default is dataclasses.MISSING
-        if f.type in ("bool", bool):
-            if f.name == "progress":
-                parser.add_argument("--no_progress", dest="progress", action="store_false", help="hide progress bars")
-            else:
-                parser.add_argument(flag, action="store_true", help=_HELP.get(f.name))
-            continue
-        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-        parser.add_argument(flag, type=kind, required=required, default=None if required else f.default,
-                            help=_HELP.get(f.name))
-    return parser
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = vars(build_parser().parse_args(argv))
-    configure_cpu()
-    result = train(TrainConfig(**args))
-    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
-    if result.history:
-        summary["final_loss"] = result.history[-1]["loss"]
-    print(json.dumps(summary, indent=2))
+    train_main(TrainConfig, train, "python -m helpers.dreambooth", __doc__.split("\n")[0], _HELP, argv)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,13 @@ from typing import Protocol
 
 from helpers import tikz, toyworld
 from helpers.cli import UsageError
-from helpers.relations import RELATIONS
-# Where the first object's box goes for each relation (canvas units, 10 x 10); the second mirrors it.
-BOXES = {
-    "left": ((0.5, 3.0, 4.5, 7.0), (5.5, 3.0, 9.5, 7.0)),
-    "right": ((5.5, 3.0, 9.5, 7.0), (0.5, 3.0, 4.5, 7.0)),
-    "above": ((3.0, 5.5, 7.0, 9.5), (3.0, 0.5, 7.0, 4.5)),
-    "below": ((3.0, 0.5, 7.0, 4.5), (3.0, 5.5, 7.0, 9.5)),
-}
+from helpers.relations import CENTRES, RELATIONS
+
+# Width and height (canvas units, 10 x 10) of each class's box in a two-object toy scene: the
+# proportions an LLM knows from the world (a tree is taller than wide, sunglasses are flat), here
+# the medians of 800 toy renders (`relations.typical_box_sizes`, checked by a test).
+CLASS_BOXES = {"dog": (3.6, 2.5), "cat": (2.8, 2.7), "sunglasses": (3.8, 1.4), "cup": (3.0, 2.7),
+               "house": (3.3, 3.1), "tree": (3.1, 3.4), "car": (3.8, 2.3), "flower": (2.5, 3.8)}
 SYSTEM_PROMPT = """You draw layouts of images as TikZ code on a 10 x 10 canvas (x to the right, y up).
 Draw each object the prompt names as a rectangle where it should appear, filled with its colour,
 and put a \\node at the rectangle's centre whose text is the object's name. Use only \\draw,
@@ -75,17 +74,20 @@ class Planner(Protocol):
 
 
 class RuleBasedPlanner:
-    """A deterministic stand-in for the LLM (not one): two objects, four relations, fixed boxes."""
+    """A deterministic stand-in for the LLM (not one): two objects, four relations, one box per
+    object at the relation's place, with its class's usual proportions."""
 
     name = "rule-based (not an LLM)"
 
     def __call__(self, prompt: str, feedback: str | None = None) -> str:
         first, relation, second = parse_relation_prompt(prompt)
         lines = ["\\begin{tikzpicture}", f"% {prompt}"]
-        for thing, (x0, y0, x1, y1) in zip((first, second), BOXES[relation]):
+        for thing, (x, y) in zip((first, second), CENTRES[relation]):
+            (w, h), cx, cy = CLASS_BOXES[thing.cls], x * tikz.CANVAS, (1 - y) * tikz.CANVAS  # TikZ's y points up
+            x0, y0, x1, y1 = (round(v, 2) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
             fill = thing.colour or "gray"
             lines.append(f"\\draw[fill={fill}] ({x0},{y0}) rectangle ({x1},{y1});")
-            lines.append(f"\\node at ({(x0 + x1) / 2},{(y0 + y1) / 2}) {{{thing.cls}}};")
+            lines.append(f"\\node at ({round(cx, 2)},{round(cy, 2)}) {{{thing.cls}}};")
         lines.append("\\end{tikzpicture}")
         return "\n".join(lines)
 

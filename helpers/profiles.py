@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 TOY_MODEL = DATA / "toy-sd"
 TOY_JUDGE = DATA / "toy-judge"
+TOY_LOCATOR = DATA / "toy-locator"
+TOY_CONTROLNET = DATA / "toy-controlnet"
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

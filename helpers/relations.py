@@ -99,3 +99,15 @@ def layout_code(sample: RelationSample, size: int = 64, seed: int = 0) -> str:
         lines.append(f"\\node at ({round((x0 + x1) / 2, 2)},{round((y0 + y1) / 2, 2)}) {{{inst.cls}}};")
     lines.append("\\end{tikzpicture}")
     return "\n".join(lines)
+
+
+def typical_box_sizes(count: int = 800) -> dict[str, tuple[float, float]]:
+    """Median width and height (canvas units, 10 x 10) of each class's box in ``count`` two-object renders."""
+    sizes: dict[str, list[tuple[float, float]]] = {cls: [] for cls in toyworld.CLASSES}
+    for seed in range(count):
+        sample = relation_sample(seed)
+        _, labels = toyworld.render_with_mask(sample.scene, 64, seed)
+        for inst, box in zip((sample.first, sample.second), object_boxes(labels)):
+            if box is not None:
+                sizes[inst.cls].append(((box[2] - box[0]) / 6.4, (box[3] - box[1]) / 6.4))
+    return {cls: tuple(float(v) for v in np.median(np.array(wh), axis=0)) for cls, wh in sizes.items()}

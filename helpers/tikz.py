@@ -18,6 +18,7 @@ subset raises `TikzError` naming the line and the reason; that text is what goes
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageDraw
 
 CANVAS = 10.0
+GLYPH_CELLS = 3
+LABEL_STYLES = ("text", "glyph", "none")
 COLOURS = {
     "black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128), "grey": (128, 128, 128),
     "red": (214, 39, 40), "orange": (255, 127, 14), "yellow": (240, 220, 40), "green": (44, 160, 44),
@@ -227,9 +230,37 @@ def _px(point: tuple[float, float], size: int) -> tuple[float, float]:
     return point[0] / CANVAS * size, (1 - point[1] / CANVAS) * size
 
 
+def glyph(word: str) -> list[list[bool]]:
+    """A 3 x 3 bit code for a node's text, the same for the same word (case aside), never blank.
+
+    A written word at 64 px is a few unreadable pixels; a code square drawn at the node is a label
+    a small ControlNet can read, the way a map's legend turns symbols back into names.
+    """
+    digest = hashlib.sha256(word.strip().lower().encode()).digest()
+    bits = [bool(digest[k] & 1) for k in range(GLYPH_CELLS ** 2)]
+    if not any(bits):
+        bits[GLYPH_CELLS ** 2 // 2] = True
+    return [bits[r * GLYPH_CELLS:(r + 1) * GLYPH_CELLS] for r in range(GLYPH_CELLS)]
+
+
+def _draw_glyph(pen: ImageDraw.ImageDraw, word: str, centre: tuple[float, float], size: int) -> None:
+    cell = max(1, round(size / 32))
+    side = (GLYPH_CELLS + 2) * cell  # one white cell of margin around the code
+    left, top = round(centre[0] - side / 2), round(centre[1] - side / 2)
+    pen.rectangle((left, top, left + side - 1, top + side - 1), fill=(255, 255, 255))
+    for r, row in enumerate(glyph(word)):
+        for c, bit in enumerate(row):
+            if bit:
+                x, y = left + (c + 1) * cell, top + (r + 1) * cell
+                pen.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(0, 0, 0))
+
+
 def render(drawing: Drawing | str, size: int = 64, background: tuple[int, int, int] = (255, 255, 255),
-           labels: bool = True) -> Image.Image:
-    """Draw the shapes at ``size`` pixels (``labels`` draws node texts, PIL's default font)."""
+           labels: str = "text") -> Image.Image:
+    """Draw the shapes at ``size`` pixels; node labels as ``text`` (PIL's default font), as a
+    ``glyph`` code square (what the toy ControlNet reads), or ``none``."""
+    if labels not in LABEL_STYLES:
+        raise ValueError(f"labels must be one of {', '.join(LABEL_STYLES)}, not {labels!r}")
     if isinstance(drawing, str):
         drawing = parse(drawing)
     img = Image.new("RGB", (size, size), background)
@@ -250,7 +281,9 @@ def render(drawing: Drawing | str, size: int = 64, background: tuple[int, int, i
                 pen.polygon(pts, fill=s.fill)
             if s.draw is not None:
                 pen.line(pts + (pts[:1] if s.closed else []), fill=s.draw, width=width)
-        elif s.kind == "node" and labels and s.text:
+        elif s.kind == "node" and labels == "text" and s.text:
             x, y = _px(s.points[0], size)
             pen.text((x, y), s.text, fill=s.draw or (0, 0, 0), anchor="mm")
+        elif s.kind == "node" and labels == "glyph" and s.text:
+            _draw_glyph(pen, s.text, _px(s.points[0], size), size)
     return img

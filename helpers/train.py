@@ -7,7 +7,8 @@ output folder), with what a course needs on top:
   and images go through the VAE once when no random augmentation is on;
 - randomness that depends only on (seed, step, rank): batches, noise and timesteps are drawn from
   a generator seeded per step, so resuming from a checkpoint continues exactly the same run;
-- atomic checkpoints (a kill during a save leaves the previous one usable) and ``latest`` resume;
+- atomic checkpoints and ``latest`` resume, from the loop it shares with the ControlNet trainer
+  (``helpers.training_loop``);
 - min-SNR weighting that also works with prior preservation (each half by its own timesteps);
 - LoRA (``lora_rank``) as in diffusers' ``train_dreambooth_lora.py``: peft adapters on the
   attention projections, saved in diffusers' LoRA format (``helpers.lora``).
@@ -19,18 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import re
-import shutil
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from helpers.atomic import write_text_atomic
 from helpers.cli import UsageError
@@ -41,8 +37,8 @@ from helpers.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, load_lora
 from helpers.losses import dreambooth_loss
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
-
-CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+from helpers.training_loop import (LoopSettings, check_settings, denoising_target, load_parts, make_accelerator,
+                                   make_lr_scheduler, resume, run_loop, step_generator)
 
 
 @dataclass
@@ -95,12 +91,7 @@ class TrainConfig:
             raise UsageError("--with_prior_preservation needs --class_prompt (for example \"a photo of dog\")")
         if self.with_prior_preservation and not self.class_data_dir:
             raise UsageError("--with_prior_preservation needs --class_data_dir: where class images are cached")
-        if self.max_train_steps < 1 or self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise UsageError("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be at least 1")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise UsageError(f"--mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
-        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on a CPU use no (or bf16)")
+        check_settings(self)
         if self.lora_rank is not None and self.lora_rank < 1:
             raise UsageError(f"--lora_rank must be a positive integer (got {self.lora_rank}); "
                              "leave it out for a full fine-tune")
@@ -135,77 +126,26 @@ def load_instance_images(folder: str, resolution: int) -> list[Image.Image]:
     return images
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-def checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a ``.tmp`` folder left by a kill is not one)."""
-    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*")
-             if (m := CHECKPOINT.fullmatch(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_dir():
-        path = output_dir / resume  # diffusers' scripts name checkpoints relative to --output_dir
-    if not path.is_dir() or not CHECKPOINT.fullmatch(path.name):
-        raise UsageError(f"--resume_from_checkpoint {resume!r} is not a checkpoint-N folder; pass one or 'latest'")
-    return path
-
-
-def save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None) -> Path:
-    """accelerator.save_state into a temporary folder, renamed when complete; old ones pruned after."""
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
-    write_text_atomic(tmp / "step.json", json.dumps({"step": step}))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if limit is not None:
-        for old in checkpoints(output_dir)[:-limit]:
-            shutil.rmtree(old)
-    return final
-
-
 # --------------------------------------------------------------------------- the loop
 
 class Trainer:
     """Build everything from a TrainConfig, then ``train()``."""
 
     def __init__(self, config: TrainConfig, pipe_factory=None) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
-
         config.check()
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
-        # cpu=True is what makes accelerate pick MULTI_CPU (gloo) under torchrun on a machine without CUDA
-        self.accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                       mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
-                                       project_config=ProjectConfiguration(project_dir=str(self.output_dir)))
+        self.accelerator = make_accelerator(self.output_dir, config.gradient_accumulation_steps,
+                                            config.mixed_precision)
         self._pipe_factory = pipe_factory
         self._load_models()
 
     # ----------------------------------------------------------------- setup
     def _load_models(self) -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        path, acc, cfg = self.model_path, self.accelerator, self.config
+        acc, cfg = self.accelerator, self.config
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        self.noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-        self.text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
-        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
-        self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+        self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(self.model_path)
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(cfg.train_text_encoder)
         frozen = [self.vae] + ([] if cfg.train_text_encoder else [self.text_encoder])
@@ -260,8 +200,6 @@ class Trainer:
 
     # ----------------------------------------------------------------- training
     def train(self) -> TrainResult:
-        from diffusers.optimization import get_scheduler
-
         cfg, acc = self.config, self.accelerator
         instance_images = load_instance_images(cfg.instance_data_dir, self.resolution)
         class_imgs, class_report = self._class_images()
@@ -285,8 +223,7 @@ class Trainer:
                            "lr": cfg.text_encoder_lr or cfg.learning_rate})
         optimizer = make_optimizer(groups, cfg.learning_rate, cfg.use_8bit_adam, cfg.allow_adamw_fallback,
                                    weight_decay=cfg.adam_weight_decay)
-        lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
-                                     num_training_steps=cfg.max_train_steps * acc.num_processes)
+        lr_scheduler = make_lr_scheduler(cfg, optimizer, acc)
         if cfg.train_text_encoder:
             self.unet, self.text_encoder, optimizer, lr_scheduler = acc.prepare(self.unet, self.text_encoder,
                                                                               optimizer, lr_scheduler)
@@ -294,61 +231,16 @@ class Trainer:
             self.unet, optimizer, lr_scheduler = acc.prepare(self.unet, optimizer, lr_scheduler)
         trainable = sum(p.numel() for g in groups for p in g["params"])
 
-        start_step = 0
-        resume = resolve_resume(self.output_dir, cfg.resume_from_checkpoint)
-        if resume is not None:
-            acc.load_state(str(resume))
-            start_step = int(CHECKPOINT.fullmatch(resume.name).group(1))
-        elif cfg.resume_from_checkpoint and acc.is_main_process:
-            print(f"no checkpoint in {self.output_dir}; starting a new run")
-        history_path = self.output_dir / "loss_history.json"
-        history = self._load_history(history_path, start_step)
-
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+        start_step = resume(acc, self.output_dir, cfg.resume_from_checkpoint)
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.unet.train()
         self.text_encoder.train(cfg.train_text_encoder)
-        bar = tqdm(range(start_step, cfg.max_train_steps), initial=start_step, total=cfg.max_train_steps,
-                   desc="dreambooth", disable=not (cfg.progress and acc.is_local_main_process))
-        pending: list[torch.Tensor] = []
-        t0 = time.perf_counter()
-        for step in bar:
-            trained = (self.unet, self.text_encoder) if cfg.train_text_encoder else (self.unet,)
-            logged = torch.zeros(3)
-            for micro in range(cfg.gradient_accumulation_steps):
-                with acc.accumulate(*trained):
-                    loss, parts = self._step_loss(step, micro)
-                    logged = logged + torch.stack([loss.detach(), *parts]).float().to(logged.device)
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm:
-                        params = [p for g in groups for p in g["params"]]
-                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            pending.append(logged / cfg.gradient_accumulation_steps)
-            done = step + 1
-            checkpoint_now = bool(cfg.checkpointing_steps) and done % cfg.checkpointing_steps == 0 \
-                and done < cfg.max_train_steps
-            if done % cfg.logging_steps == 0 or done == cfg.max_train_steps or checkpoint_now:
-                values = torch.stack(pending).float().cpu()  # the only host sync: once per log interval
-                for k, row in enumerate(values):
-                    history.append({"step": done - len(values) + k + 1, "loss": row[0].item(),
-                                    "instance_loss": row[1].item(), "prior_loss": row[2].item()})
-                pending.clear()
-                bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-            if checkpoint_now:
-                acc.wait_for_everyone()
-                if acc.is_main_process:
-                    save_checkpoint(acc, self.output_dir, done, cfg.checkpoints_total_limit)
-                    write_text_atomic(history_path, json.dumps(history))
-        seconds = time.perf_counter() - t0
-        acc.wait_for_everyone()
+        trained = (self.unet, self.text_encoder) if cfg.train_text_encoder else (self.unet,)
+        history, seconds = run_loop(acc, self.output_dir, trained, optimizer, lr_scheduler, self._step_loss,
+                                    LoopSettings.of(cfg, "dreambooth"), start_step)
         peak = torch.cuda.max_memory_allocated() if acc.device.type == "cuda" else None
         if acc.is_main_process:
-            write_text_atomic(history_path, json.dumps(history))
             self._save_pipeline()
         ran = cfg.max_train_steps - start_step
         result = TrainResult(str(self.output_dir), cfg.max_train_steps, seconds, ran / seconds if seconds else 0.0,
@@ -360,16 +252,10 @@ class Trainer:
         acc.end_training()
         return result
 
-    def _load_history(self, path: Path, start_step: int) -> list[dict]:
-        if start_step and path.exists():
-            return [h for h in json.loads(path.read_text()) if h["step"] <= start_step]
-        return []
-
-    def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one micro-batch; every random draw comes from (seed, step, micro, rank)."""
         cfg, acc = self.config, self.accelerator
-        gen = torch.Generator().manual_seed(
-            (((cfg.seed * 1_000_003 + step) * 97 + micro) * 1009 + acc.process_index) % (2**63 - 1))
+        gen = step_generator(cfg.seed, step, micro, acc.process_index)
         n = cfg.train_batch_size
         latents = self._batch_latents(gen, n)
         cond = self._batch_condition(n)
@@ -381,13 +267,10 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with acc.autocast():
             pred = self.unet(noisy, timesteps, cond.to(acc.device)).sample
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        target = denoising_target(self.noise_scheduler, latents, noise, timesteps)
         loss, instance, prior = dreambooth_loss(pred, target, timesteps, self.noise_scheduler, n,
                                                 cfg.prior_loss_weight, cfg.snr_gamma)
-        return loss, (instance, prior)
+        return loss, {"instance_loss": instance, "prior_loss": prior}
 
     def _batch_latents(self, gen: torch.Generator, n: int) -> torch.Tensor:
         idx = torch.randint(0, len(self.instance_images), (n,), generator=gen)

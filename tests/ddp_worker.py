@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import helpers.train as train_mod
+import helpers.training_loop as loop_mod
 from helpers.runtime import configure_cpu
 from helpers.train import TrainConfig, Trainer
 
@@ -24,7 +25,7 @@ def main(subject: str, output: str, report: str) -> None:
         writes.append("pipeline")
         real_save(self)
 
-    train_mod.write_text_atomic = logged_write
+    train_mod.write_text_atomic = loop_mod.write_text_atomic = logged_write
     Trainer._save_pipeline = logged_save
     trainer = Trainer(TrainConfig(instance_data_dir=subject, instance_prompt="a photo of sks dog", output_dir=output,
                                   max_train_steps=3, learning_rate=1e-3, checkpointing_steps=2, progress=False))

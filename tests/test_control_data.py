@@ -29,6 +29,19 @@ def test_written_folder_reads_back_identically(tmp_path):
         assert np.array_equal(np.asarray(row.image), np.asarray(fresh.image))
         assert np.array_equal(np.asarray(row.conditioning_image), np.asarray(fresh.conditioning_image))
     assert not (tmp_path / ".data.build").exists()
+    described = json.loads((out / control_data.DESCRIPTION).read_text())
+    assert described == {"count": 3, "seed": 10, "command": f"python -m helpers.control_data --output {out} --count 3 --seed 10"}
+
+
+def test_columns_can_be_renamed_and_a_missing_one_is_named(tmp_path):
+    out = control_data.write_dataset(tmp_path / "data", count=2, progress=False)
+    lines = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    renamed = [{"target": e["image"], "source": e["conditioning_image"], "prompt": e["text"]} for e in lines]
+    (out / "train.jsonl").write_text("\n".join(json.dumps(e) for e in renamed))
+    entries = control_data.read_index(out, "target", "source", "prompt")
+    assert [e.text for e in entries] == [e["text"] for e in lines] and entries[0].image == out / lines[0]["image"]
+    with pytest.raises(UsageError, match="not a row with the columns image, conditioning_image, text .* --image_column"):
+        control_data.read_index(out)
 
 
 def test_bad_input_is_one_line(tmp_path):

@@ -21,7 +21,7 @@ def test_rule_based_layout_follows_the_relation(prompt, relation):
     (name1, (x1, y1)), (name2, (x2, y2)) = result.drawing.labels
     assert (name1, name2) == ("dog", "cup") and result.attempts == 1
     assert {"left": x1 < x2, "right": x1 > x2, "above": y1 > y2, "below": y1 < y2}[relation]
-    sketch = np.asarray(tikz.render(result.drawing, size=64, labels=False))
+    sketch = np.asarray(tikz.render(result.drawing, size=64, labels="none"))
     px = lambda x, y: tuple(sketch[round((1 - y / 10) * 64), round(x / 10 * 64)])  # noqa: E731
     assert px(x1, y1) == tikz.COLOURS["red"] and px(x2, y2) == tikz.COLOURS["blue"]
 
@@ -87,3 +87,11 @@ def test_chat_planner_without_configuration_says_what_to_set(monkeypatch):
     monkeypatch.delenv("CONTROLGPT_MODEL", raising=False)
     with pytest.raises(UsageError, match="CONTROLGPT_BASE_URL"):
         planner.ChatPlanner()
+
+
+def test_class_boxes_are_the_measured_proportions_of_toy_objects():
+    from helpers import relations
+
+    measured = relations.typical_box_sizes(400)
+    for cls, (w, h) in planner.CLASS_BOXES.items():
+        assert abs(measured[cls][0] - w) < 0.25 and abs(measured[cls][1] - h) < 0.25, (cls, measured[cls])

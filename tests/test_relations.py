@@ -38,7 +38,7 @@ def test_true_layout_is_planner_tikz_with_boxes_where_the_objects_are():
     drawing = tikz.parse(relations.layout_code(s))
     assert [name for name, _ in drawing.labels] == [s.first.cls, s.second.cls]
     _, labels = toyworld.render_with_mask(s.scene, 64, 0)
-    sketch = np.asarray(tikz.render(drawing, 64, labels=False))
+    sketch = np.asarray(tikz.render(drawing, 64, labels="none"))
     for k, inst in enumerate((s.first, s.second), start=1):
         inside = sketch[labels == k]
         share = np.mean(np.all(inside == tikz.COLOURS[inst.colour], axis=-1))

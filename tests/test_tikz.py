@@ -77,3 +77,24 @@ def test_random_input_never_fails_with_anything_but_a_tikz_error():
         except tikz.TikzError as err:
             assert err.reason and err.line >= 0
     assert rendered > 50  # the fuzzer also produces valid drawings
+
+
+def test_node_names_can_be_drawn_as_code_squares():
+    from helpers import toyworld
+
+    codes = {cls: tikz.glyph(cls) for cls in toyworld.CLASSES}
+    assert len({str(c) for c in codes.values()}) == len(codes)  # every toy class has its own code
+    assert tikz.glyph("Dog ") == codes["dog"] and all(any(map(any, c)) for c in codes.values())
+    code = "\\begin{tikzpicture}\n\\fill[red] (0,0) rectangle (10,10);\n\\node at (5,5) {dog};\n\\end{tikzpicture}"
+    img = np.asarray(tikz.render(code, 64, labels="glyph"))
+    # 2 px cells: a white margin cell around 3 x 3 code cells, centred on pixel (32, 32)
+    left = top = 32 - 5
+    for r in range(5):
+        for c in range(5):
+            inner = 1 <= r <= 3 and 1 <= c <= 3
+            expected = (0, 0, 0) if inner and codes["dog"][r - 1][c - 1] else (255, 255, 255)
+            assert tuple(img[top + 2 * r, left + 2 * c]) == expected, (r, c)
+    assert tuple(img[top - 1, left - 1]) == tikz.COLOURS["red"]
+    assert np.array_equal(np.asarray(tikz.render(code, 64, labels="none")), np.full((64, 64, 3), tikz.COLOURS["red"]))
+    with pytest.raises(ValueError, match="labels must be one of text, glyph, none"):
+        tikz.render(code, 64, labels="words")

@@ -16,7 +16,8 @@ from helpers.cli import UsageError
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.priors import PriorSettings, cache_status, class_images
 from helpers.profiles import ROOT, TOY_MODEL
-from helpers.train import TrainConfig, Trainer, checkpoints, resolve_resume, train
+from helpers.train import TrainConfig, Trainer, train
+from helpers.training_loop import checkpoints, resolve_resume
 
 SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
 

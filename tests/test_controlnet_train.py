@@ -1,0 +1,155 @@
+"""The ControlNet trainer on the toy profile: real runs of a few steps each."""
+
+import json
+import shlex
+
+import pytest
+import torch
+from diffusers import ControlNetModel
+from safetensors.torch import load_file
+
+from helpers import control_data
+from helpers.cli import UsageError, dataclass_parser
+from helpers.controlnet import (build_controlnet, controlnet_pipeline, draw, load_controlnet, load_controlnet_pipeline,
+                               sudden_convergence, zero_convolutions)
+from helpers.controlnet_train import ControlNetConfig, ControlNetTrainer, command_line, train_controlnet
+from helpers.training_loop import checkpoints
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return control_data.write_dataset(tmp_path_factory.mktemp("control") / "data", count=12, progress=False)
+
+
+def _config(data_dir, out, **kw) -> ControlNetConfig:
+    base = dict(train_data_dir=str(data_dir), output_dir=str(out), max_train_steps=4, train_batch_size=4,
+                learning_rate=1e-3, progress=False, checkpointing_steps=0, validation_steps=0)
+    return ControlNetConfig(**{**base, **kw})
+
+
+def _weights(out) -> dict:
+    return load_file(str(out / "diffusion_pytorch_model.safetensors"))
+
+
+def test_only_the_controlnet_learns_and_it_saves_as_a_controlnet(data_dir, tmp_path, toy_pipe):
+    trainer = ControlNetTrainer(_config(data_dir, tmp_path, use_8bit_adam=True, proportion_empty_prompts=0.5))
+    unet_before = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
+    result = trainer.train()
+    assert all(torch.equal(v, trainer.unet.state_dict()[k]) for k, v in unet_before.items())
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4]
+    assert result.trainable_parameters == sum(p.numel() for p in build_controlnet(toy_pipe.unet).parameters())
+    saved = load_controlnet(tmp_path)
+    assert isinstance(saved, ControlNetModel)
+    moved = [name for name, layer in zero_convolutions(saved).items() if layer.weight.abs().sum() > 0]
+    assert moved, "after training the zero convolutions are no longer zero"
+    assert json.loads((tmp_path / "train_result.json").read_text())["config"]["use_8bit_adam"] is True
+
+
+def test_the_loss_is_the_frozen_unets_denoising_loss_with_residuals(data_dir, tmp_path):
+    trainer = ControlNetTrainer(_config(data_dir, tmp_path))
+    trainer._prepare_data()
+    loss, _ = trainer._step_loss(0, 0)
+    gen = torch.Generator().manual_seed(0)  # the trainer's generator for seed 0, step 0, micro-batch 0, rank 0
+    idx = torch.randint(0, 12, (4,), generator=gen)
+    torch.rand(4, generator=gen)
+    latents, emb, cond = trainer.latents[idx], trainer.embeddings[idx], trainer.conditions[idx]
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, 1000, (4,), generator=gen)
+    noisy = trainer.noise_scheduler.add_noise(latents, noise, t)
+    down, mid = trainer.controlnet(noisy, t, emb, controlnet_cond=cond, return_dict=False)
+    pred = trainer.unet(noisy, t, emb, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    assert torch.allclose(loss, ((pred - noise) ** 2).mean(), atol=1e-6)
+    assert cond.min() >= 0 and cond.max() <= 1 and cond.shape[-1] == 64  # the pipeline's [0, 1] convention
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(data_dir, tmp_path, monkeypatch):
+    kw = dict(max_train_steps=6, checkpointing_steps=3, lr_scheduler="cosine")
+    train_controlnet(_config(data_dir, tmp_path / "full", **kw))
+    real = ControlNetTrainer._step_loss
+
+    def killed_at_step_5(self, step, micro):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(self, step, micro)
+
+    monkeypatch.setattr(ControlNetTrainer, "_step_loss", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_controlnet(_config(data_dir, tmp_path / "killed", **kw))
+    monkeypatch.setattr(ControlNetTrainer, "_step_loss", real)
+    assert [p.name for p in checkpoints(tmp_path / "killed")] == ["checkpoint-3"]
+    result = train_controlnet(_config(data_dir, tmp_path / "killed", resume_from_checkpoint="latest", **kw))
+    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert [h["step"] for h in result.history] == list(range(1, 7))
+
+
+def test_validation_layouts_give_a_curve_from_step_zero(data_dir, tmp_path):
+    result = train_controlnet(_config(data_dir, tmp_path, max_train_steps=2, validation_steps=1, validation_layouts=2))
+    assert [v["step"] for v in result.validation] == [0, 1, 2]
+    first = result.validation[0]
+    assert first["prompts"] == 2 and 0 <= first["relation_accuracy"] <= first["object_accuracy"] <= 1
+    assert json.loads((tmp_path / "validation.json").read_text()) == result.validation
+
+
+def test_a_trained_controlnet_reloads_and_draws_the_same(data_dir, tmp_path, toy_pipe):
+    train_controlnet(_config(data_dir, tmp_path, max_train_steps=2))
+    row = control_data.load_dataset(data_dir)[0]
+    trainer_pipe = controlnet_pipeline(toy_pipe, load_controlnet(tmp_path))
+    again = controlnet_pipeline(toy_pipe, load_controlnet(tmp_path))
+    kw = dict(seed=3, steps=4)
+    a = draw(trainer_pipe, [row.text], [row.conditioning_image], **kw)[0]
+    b = draw(again, [row.text], [row.conditioning_image], **kw)[0]
+    assert a.tobytes() == b.tobytes()
+    weak = draw(again, [row.text], [row.conditioning_image], conditioning_scale=0.0, **kw)[0]
+    base = draw(toy_pipe, [row.text], **kw)[0]
+    assert weak.tobytes() == base.tobytes()  # scale 0 switches the ControlNet off
+
+
+def test_bad_settings_get_one_clear_line(data_dir, tmp_path):
+    with pytest.raises(UsageError, match="no train.jsonl"):
+        ControlNetTrainer(_config(tmp_path, tmp_path / "out"))
+    with pytest.raises(UsageError, match="--proportion_empty_prompts is a fraction"):
+        ControlNetTrainer(_config(data_dir, tmp_path, proportion_empty_prompts=1.5))
+    with pytest.raises(UsageError, match="--validation_layouts .* needs --pretrained_model_name_or_path toy"):
+        ControlNetTrainer(_config(data_dir, tmp_path, validation_layouts=4, pretrained_model_name_or_path="x/y"))
+    with pytest.raises(UsageError, match="no ControlNet in"):
+        load_controlnet(tmp_path)
+
+
+def test_command_line(data_dir, tmp_path, run_tool):
+    done = run_tool("controlnet", "--train_data_dir", str(data_dir), "--output_dir", str(tmp_path / "cn"),
+                    "--max_train_steps", "2", "--train_batch_size", "2", "--no_progress")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["steps"] == 2
+    assert (tmp_path / "cn" / "config.json").exists()
+    bad = run_tool("controlnet", "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "x"))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no train.jsonl" in bad.stderr
+
+
+def test_unlocked_decoder_trains_only_the_decoder_and_is_loaded_back(data_dir, tmp_path):
+    trainer = ControlNetTrainer(_config(data_dir, tmp_path, max_train_steps=2, unlock_unet_decoder=True))
+    before = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
+    trainer.train()
+    after = trainer.unet.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"up_blocks", "conv_norm_out", "conv_out"}
+    pipe = load_controlnet_pipeline(tmp_path)
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in after.items())
+
+
+def test_sudden_convergence_names_the_largest_rise():
+    curve = [{"step": s, "relation_accuracy": a} for s, a in ((0, 0.0), (100, 0.05), (200, 0.1), (300, 0.6), (400, 0.65))]
+    assert sudden_convergence(curve) == {"step": 300, "from_step": 200, "before": 0.1, "after": 0.6, "rise": 0.5}
+    with pytest.raises(ValueError, match="at least two"):
+        sudden_convergence(curve[:1])
+
+
+def test_the_model_card_gives_the_commands_that_reproduce_the_folder(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path, max_train_steps=2, use_8bit_adam=True)
+    train_controlnet(config)
+    card = (tmp_path / "README.md").read_text()
+    command = command_line(config)
+    assert command in card and "--use_8bit_adam" in command and "--learning_rate 0.001" in command
+    assert "python -m helpers.control_data --output" in card and "--count 12" in card
+    parser = dataclass_parser(ControlNetConfig, "python -m helpers.controlnet", "", {})
+    assert ControlNetConfig(**vars(parser.parse_args(shlex.split(command)[3:] + ["--no_progress"]))) == config
