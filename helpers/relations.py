@@ -103,11 +103,12 @@ def layout_code(sample: RelationSample, size: int = 64, seed: int = 0) -> str:
 
 def typical_box_sizes(count: int = 800) -> dict[str, tuple[float, float]]:
     """Median width and height (canvas units, 10 x 10) of each class's box in ``count`` two-object renders."""
+    size, canvas = 64, 10  # pixels of the render, TikZ units of the canvas
     sizes: dict[str, list[tuple[float, float]]] = {cls: [] for cls in toyworld.CLASSES}
     for seed in range(count):
         sample = relation_sample(seed)
-        _, labels = toyworld.render_with_mask(sample.scene, 64, seed)
+        _, labels = toyworld.render_with_mask(sample.scene, size, seed)
         for inst, box in zip((sample.first, sample.second), object_boxes(labels)):
             if box is not None:
-                sizes[inst.cls].append(((box[2] - box[0]) / 6.4, (box[3] - box[1]) / 6.4))
+                sizes[inst.cls].append(((box[2] - box[0]) * canvas / size, (box[3] - box[1]) * canvas / size))
     return {cls: tuple(float(v) for v in np.median(np.array(wh), axis=0)) for cls, wh in sizes.items()}
