@@ -37,7 +37,8 @@ from helpers.latents import encode as encode_latents, preprocess
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
 from helpers.training_loop import (LoopSettings, check_settings, denoising_target, load_history, load_parts,
-                                   make_accelerator, make_lr_scheduler, resume, run_loop, step_generator)
+                                   make_accelerator, make_lr_scheduler, resume, run_loop, step_generator,
+                                   weight_dtype)
 
 DECODER = ("up_blocks", "conv_norm_out", "conv_out")  # what unlock_unet_decoder trains
 CACHE_ROWS = 20_000   # above this (fill50k at 512 px) rows are encoded per batch instead of kept in memory
@@ -120,7 +121,7 @@ class ControlNetTrainer:
         from diffusers import ControlNetModel
 
         cfg, device = self.config, self.accelerator.device
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        self.weight_dtype = weight_dtype(cfg.mixed_precision)
         self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(self.model_path)
         if cfg.controlnet_model_name_or_path:
             self.controlnet = ControlNetModel.from_pretrained(cfg.controlnet_model_name_or_path)

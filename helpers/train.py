@@ -38,7 +38,7 @@ from helpers.losses import dreambooth_loss
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
 from helpers.training_loop import (LoopSettings, check_settings, denoising_target, load_parts, make_accelerator,
-                                   make_lr_scheduler, resume, run_loop, step_generator)
+                                   make_lr_scheduler, resume, run_loop, step_generator, weight_dtype)
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Trainer:
     # ----------------------------------------------------------------- setup
     def _load_models(self) -> None:
         acc, cfg = self.accelerator, self.config
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        self.weight_dtype = weight_dtype(cfg.mixed_precision)
         self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(self.model_path)
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(cfg.train_text_encoder)

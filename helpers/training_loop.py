@@ -67,6 +67,11 @@ def check_settings(config) -> None:
         raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on a CPU use no (or bf16)")
 
 
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of the frozen parts for ``--mixed_precision`` (half precision on a GPU halves their memory)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
 def load_parts(path: str):
     """Tokenizer, DDPM noise scheduler, text encoder, VAE and UNet of a Stable Diffusion folder or hub id."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
