@@ -43,3 +43,8 @@ def decode(vae, latents: torch.Tensor) -> list[Image.Image]:
     x = vae.decode((latents / vae.config.scaling_factor).to(vae.device, vae.dtype)).sample.float()
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
+
+
+def through_vae(vae, images: list[Image.Image]) -> list[Image.Image]:
+    """Images as the toy model can at best draw them: encoded to its latents and decoded back."""
+    return decode(vae, encode(vae, images, images[0].width)) if images else []

@@ -32,15 +32,14 @@ from torch.nn import functional as F
 from helpers import relations, toyworld
 from helpers.atomic import save_safetensors_atomic, write_text_atomic
 from helpers.cli import UsageError, run_main
-from helpers.judge import blur_and_noise, to_tensor, train_steps
-from helpers.latents import decode, encode
+from helpers.judge import blur_and_noise, to_tensor, train_steps, vae_share
+from helpers.latents import through_vae
 from helpers.profiles import TOY_MODEL
 from helpers.runtime import configure_cpu
 
 CELL = 4                  # pixels per map cell: 64 px images give 16 x 16 maps
 MIN_CELLS = 3             # fewer cells of a class than this is noise, not an object
 IGNORE = -100
-VAE_SHARE = 0.5           # of training images passed through the toy model's VAE (its outputs all are)
 
 
 class Locator(nn.Module):
@@ -87,14 +86,9 @@ def _targets(scene: toyworld.Scene, labels: np.ndarray) -> tuple[np.ndarray, np.
     return cls, colour
 
 
-def through_vae(vae, images: list[Image.Image]) -> list[Image.Image]:
-    """Images as the toy model can at best draw them: encoded to its latents and decoded back."""
-    return decode(vae, encode(vae, images, 64)) if images else []
-
-
 def training_batch(seeds: range, vae=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Half two-object relation scenes, half single-object scenes, blurred and noised at random;
-    with ``vae``, a share of them (``VAE_SHARE``) passed through it first, as generated images are."""
+    with ``vae``, a share of them (``judge.VAE_SHARE``) passed through it first, as generated images are."""
     images, classes, colours = [], [], []
     for seed in seeds:
         scene = relations.relation_sample(seed).scene if seed % 2 else toyworld.random_sample(seed).scene
@@ -103,11 +97,7 @@ def training_batch(seeds: range, vae=None) -> tuple[torch.Tensor, torch.Tensor, 
         images.append(img)
         classes.append(cls)
         colours.append(colour)
-    if vae is not None:
-        chosen = [k for k, seed in enumerate(seeds) if random.Random(-seed).random() < VAE_SHARE]
-        for k, img in zip(chosen, through_vae(vae, [images[k] for k in chosen])):
-            images[k] = img
-    images = [blur_and_noise(img, random.Random(seed)) for img, seed in zip(images, seeds)]
+    images = [blur_and_noise(img, random.Random(seed)) for img, seed in zip(vae_share(vae, images, seeds), seeds)]
     return to_tensor(images), torch.from_numpy(np.stack(classes)), torch.from_numpy(np.stack(colours))
 
 

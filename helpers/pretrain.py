@@ -1,20 +1,20 @@
 """Pretrain the toy Stable Diffusion and the toy judge from scratch on the toy world.
 
-    python -m helpers.pretrain judge --output data/toy-judge
     python -m helpers.pretrain vae   --output data/toy-sd
+    python -m helpers.pretrain judge --output data/toy-judge --vae data/toy-sd/vae
     python -m helpers.pretrain unet  --output data/toy-sd
     python -m helpers.pretrain all   (the three in order, with the defaults)
 
-The stages run in the order SD itself was built: an autoencoder first (so that diffusion happens
-in a small latent space), then the text encoder and UNet together on (latent, caption) pairs with
-the usual epsilon-prediction loss. Every stage is seeded; the model card written next to the
-weights records the exact command, seeds, steps and wall time.
+The model's stages run in the order SD itself was built: an autoencoder first (so that diffusion
+happens in a small latent space), then the text encoder and UNet together on (latent, caption)
+pairs with the usual epsilon-prediction loss. The judge comes after the autoencoder because it
+learns to read images as they come out of it. Every stage is seeded; the model card written next
+to the weights records the exact command, seeds, steps and wall time.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import random
@@ -238,6 +238,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="output folder (default: data/toy-sd or data/toy-judge)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--judge_steps", type=int, default=1200)
+    parser.add_argument("--vae", type=Path, default=DATA / "toy-sd" / "vae",
+                        help="judge stage: the toy model's VAE, through which half its training images pass")
     parser.add_argument("--vae_steps", type=int, default=1800)
     parser.add_argument("--vae_batch_size", type=int, default=32)
     parser.add_argument("--vae_learning_rate", type=float, default=2e-3)
@@ -273,16 +275,20 @@ def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
     print(json.dumps(report))
 
 
+def _judge_stage(output: Path, vae_dir: Path, args: argparse.Namespace, command: str) -> None:
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    print(json.dumps(judge_mod.train_judge(output, vae, steps=args.judge_steps, seed=args.seed, command=command)))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
     configure_cpu()
     command = "python -m helpers.pretrain " + " ".join(shlex.quote(a) for a in argv)
-    if args.stage in ("judge", "all"):
-        report = judge_mod.train_judge(args.output if args.stage == "judge" and args.output else DATA / "toy-judge",
-                                       steps=args.judge_steps, seed=args.seed, command=command)
-        print(json.dumps(report))
-    output = (args.output if args.stage != "judge" and args.output else DATA / "toy-sd").resolve()
+    if args.stage == "judge":
+        _judge_stage(args.output or DATA / "toy-judge", args.vae, args, command)
+        return
+    output = (args.output or DATA / "toy-sd").resolve()
     if args.stage in ("vae", "all"):
         stage = vae_stage_dir(output)
         vae_report = train_vae(stage, args.vae_steps, args.vae_batch_size, args.seed, args.vae_learning_rate)
@@ -291,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "unet":
         _unet_stage(output, args, command)
     if args.stage == "all":
+        _judge_stage(DATA / "toy-judge", vae_stage_dir(output), args, command)
         _unet_stage(output, _parse(["unet"]), "python -m helpers.pretrain unet")
         second = ["unet", "--init_from", str(output)] + SECOND_PHASE
         _unet_stage(output, _parse(second), "python -m helpers.pretrain " + " ".join(second))

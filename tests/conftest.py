@@ -19,6 +19,11 @@ def toy_pipe():
 
 
 @pytest.fixture(scope="session")
+def toy_vae(toy_pipe):
+    return toy_pipe.vae
+
+
+@pytest.fixture(scope="session")
 def judge():
     from helpers.judge import load_judge
     from helpers.profiles import TOY_JUDGE
