@@ -32,6 +32,27 @@ def judge():
 
 
 @pytest.fixture
+def killed_run(monkeypatch):
+    """``run(trainer_cls, start, step)``: call ``start()`` with ``trainer_cls._step_loss`` raising
+    KeyboardInterrupt at ``step`` (0-based), as a kill mid-training would, and expect it to stop there."""
+    def run(trainer_cls, start, step: int) -> None:
+        real = trainer_cls._step_loss
+
+        def killed(self, at, micro):
+            if at == step:
+                raise KeyboardInterrupt
+            return real(self, at, micro)
+
+        monkeypatch.setattr(trainer_cls, "_step_loss", killed)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                start()
+        finally:
+            monkeypatch.setattr(trainer_cls, "_step_loss", real)
+    return run
+
+
+@pytest.fixture
 def run_tool():
     """Run `python -m helpers.<module> ARGS` as a learner would, offline."""
     import subprocess

@@ -62,20 +62,10 @@ def test_the_loss_is_the_frozen_unets_denoising_loss_with_residuals(data_dir, tm
     assert cond.min() >= 0 and cond.max() <= 1 and cond.shape[-1] == 64  # the pipeline's [0, 1] convention
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(data_dir, tmp_path, monkeypatch):
+def test_resume_after_a_kill_ends_with_the_same_weights(data_dir, tmp_path, killed_run):
     kw = dict(max_train_steps=6, checkpointing_steps=3, lr_scheduler="cosine")
     train_controlnet(_config(data_dir, tmp_path / "full", **kw))
-    real = ControlNetTrainer._step_loss
-
-    def killed_at_step_5(self, step, micro):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(self, step, micro)
-
-    monkeypatch.setattr(ControlNetTrainer, "_step_loss", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train_controlnet(_config(data_dir, tmp_path / "killed", **kw))
-    monkeypatch.setattr(ControlNetTrainer, "_step_loss", real)
+    killed_run(ControlNetTrainer, lambda: train_controlnet(_config(data_dir, tmp_path / "killed", **kw)), step=4)
     assert [p.name for p in checkpoints(tmp_path / "killed")] == ["checkpoint-3"]
     result = train_controlnet(_config(data_dir, tmp_path / "killed", resume_from_checkpoint="latest", **kw))
     full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "killed")

@@ -75,20 +75,10 @@ def test_bitsandbytes_that_cannot_load(monkeypatch):
         assert type(make_optimizer([p], 1e-3, use_8bit_adam=True, allow_fallback=True)).__name__ == "AdamW"
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch):
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, killed_run):
     kw = dict(max_train_steps=6, checkpointing_steps=3, lr_scheduler="cosine", train_text_encoder=True)
     train(_config(tmp_path / "full", **kw))
-    real = Trainer._step_loss
-
-    def killed_at_step_5(self, step, micro):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(self, step, micro)
-
-    monkeypatch.setattr(Trainer, "_step_loss", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path / "killed", **kw))
-    monkeypatch.setattr(Trainer, "_step_loss", real)
+    killed_run(Trainer, lambda: train(_config(tmp_path / "killed", **kw)), step=4)
     assert [p.name for p in checkpoints(tmp_path / "killed")] == ["checkpoint-3"]
     result = train(_config(tmp_path / "killed", resume_from_checkpoint="latest", **kw))
     full, resumed = _unet(tmp_path / "full"), _unet(tmp_path / "killed")
