@@ -57,6 +57,51 @@ def save_lora(folder: Path, base_model: str, unet: torch.nn.Module, text_encoder
                                                  "alpha": alpha or rank}, indent=2))
 
 
+def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
+    """Copy the adapters saved in ``folder`` into models that already carry adapters of the same shape
+    (in place, so an optimizer holding those parameters keeps working)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.training_utils import _set_state_dict_into_text_encoder
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft import set_peft_model_state_dict
+
+    state, _ = StableDiffusionPipeline.lora_state_dict(str(folder))
+    unet_state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()
+                                                  if k.startswith("unet.")})
+    try:
+        unexpected = set_peft_model_state_dict(unet, unet_state, adapter_name="default").unexpected_keys
+        if text_encoder is not None:
+            _set_state_dict_into_text_encoder(state, prefix="text_encoder.", text_encoder=text_encoder)
+    except RuntimeError as err:  # torch's size-mismatch report
+        unexpected = [str(err).strip().splitlines()[-1].strip()]
+    if unexpected:
+        raise UsageError(f"the LoRA checkpoint in {folder} does not fit this model ({unexpected[0]}); "
+                         f"resume with the --lora_rank, text-encoder choice and base model it was trained with")
+
+
+def adapters_only_checkpoints(accelerator, base_model: str, rank: int, alpha: float | None) -> None:
+    """Make ``accelerator.save_state``/``load_state`` keep the adapters only, as diffusers'
+    ``train_dreambooth_lora.py`` does: otherwise every checkpoint of a LoRA run holds the whole frozen
+    UNet (1.7 GB of fp16 weights on SD 1.5) next to a few MB of what was actually trained."""
+    from diffusers import UNet2DConditionModel
+
+    def split(models: list) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        unwrapped = [accelerator.unwrap_model(m) for m in models]
+        unet = next(m for m in unwrapped if isinstance(m, UNet2DConditionModel))
+        return unet, next((m for m in unwrapped if m is not unet), None)
+
+    def save(models: list, weights: list, output_dir: str) -> None:
+        save_lora(Path(output_dir), base_model, *split(models), rank, alpha)
+        weights.clear()  # nothing else for accelerate to write
+
+    def load(models: list, input_dir: str) -> None:
+        load_adapters(Path(input_dir), *split(models))
+        models.clear()  # nothing else for accelerate to read
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
 def is_lora_folder(path: Path) -> bool:
     return (path / WEIGHTS).is_file()
 

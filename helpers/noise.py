@@ -27,6 +27,20 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, alph
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
 
+def offset_noise(shape: tuple[int, ...], offset: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian noise plus a constant per image and channel with standard deviation ``offset``, as
+    diffusers' training scripts add with ``--noise_offset``.
+
+    SD's schedule stops short of pure noise: x_T still holds sqrt(alpha_bar_T), about 6.8%, of x_0,
+    so a model can learn to read the picture's overall brightness off the noise's per-channel mean,
+    a hint that the noise sampling starts from never carries. The offset drowns that hint.
+    """
+    noise = torch.randn(shape, generator=generator)
+    if offset:
+        noise = noise + offset * torch.randn((*shape[:2], *([1] * (len(shape) - 2))), generator=generator)
+    return noise
+
+
 def noisy_pair(x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A consistent (x_{t-1}, x_t) drawn from the forward chain: x_{t-1} from the closed form,

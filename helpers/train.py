@@ -33,8 +33,9 @@ from helpers.cli import UsageError
 from helpers.data import image_files, load_rgb
 from helpers.identifiers import identifier_warnings
 from helpers.latents import encode as encode_latents, preprocess
-from helpers.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, load_lora, save_lora
+from helpers.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, adapters_only_checkpoints, add_lora, load_lora, save_lora
 from helpers.losses import dreambooth_loss
+from helpers.noise import offset_noise
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
 from helpers.training_loop import (LoopSettings, check_settings, denoising_target, load_parts, make_accelerator,
@@ -230,6 +231,8 @@ class Trainer:
         else:
             self.unet, optimizer, lr_scheduler = acc.prepare(self.unet, optimizer, lr_scheduler)
         trainable = sum(p.numel() for g in groups for p in g["params"])
+        if cfg.lora_rank:
+            adapters_only_checkpoints(acc, self._lora_base(), cfg.lora_rank, cfg.lora_alpha)
 
         start_step = resume(acc, self.output_dir, cfg.resume_from_checkpoint)
         if acc.device.type == "cuda":
@@ -259,9 +262,7 @@ class Trainer:
         n = cfg.train_batch_size
         latents = self._batch_latents(gen, n)
         cond = self._batch_condition(n)
-        noise = torch.randn(latents.shape, generator=gen)
-        if cfg.offset_noise:
-            noise = noise + 0.1 * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
+        noise = offset_noise(latents.shape, 0.1 if cfg.offset_noise else 0.0, gen)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
         latents, noise, timesteps = (t.to(acc.device) for t in (latents, noise, timesteps))
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -300,6 +301,13 @@ class Trainer:
             parts.append(self.class_emb.expand(n, -1, -1))
         return torch.cat(parts)
 
+    def _lora_base(self) -> str:
+        """The base model to note next to saved adapters."""
+        base = self.config.pretrained_model_name_or_path
+        if base != "toy" and Path(base).exists():
+            base = str(Path(base).resolve())  # a local base must still be found from another folder
+        return base
+
     def _save_pipeline(self) -> None:
         """The fine-tuned pipeline, loadable with StableDiffusionPipeline.from_pretrained(output_dir);
         with LoRA only the adapters, loadable with pipe.load_lora_weights(output_dir)."""
@@ -308,10 +316,8 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         if cfg.lora_rank:
             text_encoder = acc.unwrap_model(self.text_encoder) if cfg.train_text_encoder else None
-            base = cfg.pretrained_model_name_or_path
-            if base != "toy" and Path(base).exists():
-                base = str(Path(base).resolve())  # a local base must still be found from another folder
-            save_lora(self.output_dir, base, acc.unwrap_model(self.unet), text_encoder, cfg.lora_rank, cfg.lora_alpha)
+            save_lora(self.output_dir, self._lora_base(), acc.unwrap_model(self.unet), text_encoder, cfg.lora_rank,
+                      cfg.lora_alpha)
             if cfg.validation_prompt:
                 self._validate(load_lora(self._pipeline(), self.output_dir))
             return

@@ -100,3 +100,30 @@ def test_the_same_seed_gives_the_same_adapters(tmp_path):
         weights.append(load_file(str(tmp_path / run / lora.WEIGHTS)))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_checkpoints_hold_the_adapters_only_and_resume_exactly(tmp_path, killed_run):
+    from helpers.train import Trainer
+    from helpers.training_loop import checkpoints
+
+    def run(out, **kw):
+        return train(TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(out),
+                                 max_train_steps=6, checkpointing_steps=3, learning_rate=1e-2, progress=False,
+                                 lora_rank=4, train_text_encoder=True, use_8bit_adam=True, seed=5, **kw))
+
+    run(tmp_path / "full")
+    killed_run(Trainer, lambda: run(tmp_path / "killed"), step=4)
+    [checkpoint] = checkpoints(tmp_path / "killed")
+    saved = {p.name for p in checkpoint.iterdir()}
+    assert lora.WEIGHTS in saved and not any(name.startswith("model") for name in saved)
+    unet_bytes = (ROOT / "data" / "toy-sd" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert sum(p.stat().st_size for p in checkpoint.iterdir()) * 5 < unet_bytes
+    result = run(tmp_path / "killed", resume_from_checkpoint="latest")
+    full, resumed = (load_file(str(tmp_path / run_dir / lora.WEIGHTS)) for run_dir in ("full", "killed"))
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert [h["step"] for h in result.history] == list(range(1, 7))
+    with pytest.raises(UsageError, match="does not fit this model.*--lora_rank"):
+        train(TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog",
+                          output_dir=str(tmp_path / "killed"), max_train_steps=6, progress=False, lora_rank=8,
+                          train_text_encoder=True, resume_from_checkpoint=str(checkpoint)))

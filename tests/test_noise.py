@@ -49,3 +49,14 @@ def test_predicted_x0_matches_the_scheduler_step(sched):
     out = sched.step(eps, 600, xt).pred_original_sample
     x0_hat = (xt - (1 - ab[600]).sqrt() * eps) / ab[600].sqrt()
     assert torch.allclose(out, x0_hat, atol=1e-4)
+
+
+def test_offset_noise_adds_one_constant_per_image_and_channel():
+    plain = torch.randn((2000, 4, 16, 16), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(noise.offset_noise((2000, 4, 16, 16), 0.0, torch.Generator().manual_seed(3)), plain)
+    shifted = noise.offset_noise((2000, 4, 16, 16), 0.5, torch.Generator().manual_seed(3))
+    offsets = shifted - plain  # the plain draw comes first, so the difference is the offset alone
+    assert torch.allclose(offsets, offsets[:, :, :1, :1].expand_as(offsets), atol=1e-6)
+    # a 16x16 channel's mean has std 1/16 in plain noise; with the offset, sqrt(1/256 + 0.5^2)
+    assert plain.mean(dim=(2, 3)).std().item() == pytest.approx(1 / 16, rel=0.05)
+    assert shifted.mean(dim=(2, 3)).std().item() == pytest.approx((1 / 256 + 0.25) ** 0.5, rel=0.05)

@@ -58,3 +58,13 @@ def test_the_toy_profile_is_the_cpu_default(monkeypatch):
     monkeypatch.delenv("COURSE_PROFILE", raising=False)
     profile = choose_profile()
     assert profile.name == "toy" and profile.device == "cpu" and profile.resolution == 64
+
+
+def test_the_pretraining_script_writes_a_loadable_pipeline(tmp_path):
+    from helpers.pretrain import train_unet
+
+    report, build = train_unet(tmp_path / "toy", TOY_MODEL / "vae", steps=2, batch_size=4, seed=0, dataset_size=8,
+                               lr=1e-3)
+    pipe = StableDiffusionPipeline.from_pretrained(build)
+    assert pipe.unet.config.sample_size == 16 and pipe.vae.config.latent_channels == 4
+    assert report["steps"] == 2 and report["dataset_size"] == 8 and report["seconds"] > 0
