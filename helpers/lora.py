@@ -72,10 +72,11 @@ def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Mo
         unexpected = set_peft_model_state_dict(unet, unet_state, adapter_name="default").unexpected_keys
         if text_encoder is not None:
             _set_state_dict_into_text_encoder(state, prefix="text_encoder.", text_encoder=text_encoder)
+        problem = f"{unexpected[0]} is unknown here" if unexpected else None
     except RuntimeError as err:  # torch's size-mismatch report
-        unexpected = [str(err).strip().splitlines()[-1].strip()]
-    if unexpected:
-        raise UsageError(f"the LoRA checkpoint in {folder} does not fit this model ({unexpected[0]}); "
+        problem = str(err).strip().splitlines()[-1].strip()
+    if problem:
+        raise UsageError(f"the LoRA checkpoint in {folder} does not fit this model ({problem}); "
                          f"resume with the --lora_rank, text-encoder choice and base model it was trained with")
 
 

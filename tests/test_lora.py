@@ -16,12 +16,17 @@ from helpers.train import TrainConfig, train
 SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
 
 
+def _config(out, **kw) -> TrainConfig:
+    base = dict(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(out), progress=False,
+                lora_rank=4)
+    return TrainConfig(**{**base, **kw})
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lora")
-    result = train(TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(out),
-                               max_train_steps=4, learning_rate=1e-2, progress=False, checkpointing_steps=0,
-                               lora_rank=4, train_text_encoder=True, use_8bit_adam=True))
+    result = train(_config(out, max_train_steps=4, learning_rate=1e-2, checkpointing_steps=0, train_text_encoder=True,
+                           use_8bit_adam=True))
     return out, result
 
 
@@ -84,8 +89,7 @@ def test_a_lora_from_another_base_is_one_clear_line(lora_run, tmp_path):
 
 @pytest.mark.parametrize("rank", [0, -2])
 def test_lora_rank_must_be_positive(rank, tmp_path):
-    config = TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(tmp_path),
-                         lora_rank=rank)
+    config = _config(tmp_path, lora_rank=rank)
     with pytest.raises(UsageError, match="--lora_rank must be a positive integer"):
         config.check()
 
@@ -94,9 +98,7 @@ def test_the_same_seed_gives_the_same_adapters(tmp_path):
     weights = []
     for run, global_seed in (("a", 1), ("b", 2)):
         torch.manual_seed(global_seed)  # whatever the global random state, --seed decides
-        train(TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog",
-                          output_dir=str(tmp_path / run), max_train_steps=2, learning_rate=1e-3, progress=False,
-                          checkpointing_steps=0, lora_rank=4, seed=3))
+        train(_config(tmp_path / run, max_train_steps=2, learning_rate=1e-3, checkpointing_steps=0, seed=3))
         weights.append(load_file(str(tmp_path / run / lora.WEIGHTS)))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -107,9 +109,8 @@ def test_checkpoints_hold_the_adapters_only_and_resume_exactly(tmp_path, killed_
     from helpers.training_loop import checkpoints
 
     def run(out, **kw):
-        return train(TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(out),
-                                 max_train_steps=6, checkpointing_steps=3, learning_rate=1e-2, progress=False,
-                                 lora_rank=4, train_text_encoder=True, use_8bit_adam=True, seed=5, **kw))
+        return train(_config(out, max_train_steps=6, checkpointing_steps=3, learning_rate=1e-2, train_text_encoder=True,
+                             use_8bit_adam=True, seed=5, **kw))
 
     run(tmp_path / "full")
     killed_run(Trainer, lambda: run(tmp_path / "killed"), step=4)
@@ -124,6 +125,5 @@ def test_checkpoints_hold_the_adapters_only_and_resume_exactly(tmp_path, killed_
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert [h["step"] for h in result.history] == list(range(1, 7))
     with pytest.raises(UsageError, match="does not fit this model.*--lora_rank"):
-        train(TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog",
-                          output_dir=str(tmp_path / "killed"), max_train_steps=6, progress=False, lora_rank=8,
-                          train_text_encoder=True, resume_from_checkpoint=str(checkpoint)))
+        train(_config(tmp_path / "killed", max_train_steps=6, lora_rank=8, train_text_encoder=True,
+                      resume_from_checkpoint=str(checkpoint)))
