@@ -57,6 +57,16 @@ def save_lora(folder: Path, base_model: str, unet: torch.nn.Module, text_encoder
                                                  "alpha": alpha or rank}, indent=2))
 
 
+def _text_encoder_mismatch(state: dict, text_encoder: torch.nn.Module | None) -> str | None:
+    """Loading copies whichever half is saved and skips the other without a word, so a run resumed
+    with the other text-encoder choice would go on from adapters it never loaded."""
+    saved = any(k.startswith("text_encoder.") for k in state)
+    if saved == (text_encoder is not None):
+        return None
+    return ("it holds text-encoder adapters and this run trains none" if saved
+            else "it holds no text-encoder adapters and this run trains the text encoder")
+
+
 def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
     """Copy the adapters saved in ``folder`` into models that already carry adapters of the same shape
     (in place, so an optimizer holding those parameters keeps working)."""
@@ -68,13 +78,15 @@ def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Mo
     state, _ = StableDiffusionPipeline.lora_state_dict(str(folder))
     unet_state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()
                                                   if k.startswith("unet.")})
-    try:
-        unexpected = set_peft_model_state_dict(unet, unet_state, adapter_name="default").unexpected_keys
-        if text_encoder is not None:
-            _set_state_dict_into_text_encoder(state, prefix="text_encoder.", text_encoder=text_encoder)
-        problem = f"{unexpected[0]} is unknown here" if unexpected else None
-    except RuntimeError as err:  # torch's size-mismatch report
-        problem = str(err).strip().splitlines()[-1].strip()
+    problem = _text_encoder_mismatch(state, text_encoder)
+    if problem is None:
+        try:
+            unexpected = set_peft_model_state_dict(unet, unet_state, adapter_name="default").unexpected_keys
+            if text_encoder is not None:
+                _set_state_dict_into_text_encoder(state, prefix="text_encoder.", text_encoder=text_encoder)
+            problem = f"{unexpected[0]} is unknown here" if unexpected else None
+        except RuntimeError as err:  # torch's size-mismatch report
+            problem = str(err).strip().splitlines()[-1].strip()
     if problem:
         raise UsageError(f"the LoRA checkpoint in {folder} does not fit this model ({problem}); "
                          f"resume with the --lora_rank, text-encoder choice and base model it was trained with")

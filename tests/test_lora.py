@@ -127,3 +127,6 @@ def test_checkpoints_hold_the_adapters_only_and_resume_exactly(tmp_path, killed_
     with pytest.raises(UsageError, match="does not fit this model.*--lora_rank"):
         train(_config(tmp_path / "killed", max_train_steps=6, lora_rank=8, train_text_encoder=True,
                       resume_from_checkpoint=str(checkpoint)))
+    with pytest.raises(UsageError, match="text-encoder adapters and this run trains none.*text-encoder choice"):
+        train(_config(tmp_path / "killed", max_train_steps=6, train_text_encoder=False,
+                      resume_from_checkpoint=str(checkpoint)))
