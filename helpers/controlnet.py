@@ -1,4 +1,4 @@
-"""ControlNet for the toy model: a trainable copy of the UNet's encoder that reads a structure image.
+"""ControlNet for the toy model and SD 1.x: a trainable copy of the UNet's encoder that reads a structure image.
 
 ControlNet (Zhang et al., 2023) copies the frozen UNet's down blocks and middle block, feeds the
 copy the noisy latents plus an embedding of the condition image (edges, a sketch, a layout), and
@@ -22,18 +22,51 @@ from PIL import Image
 
 from helpers import relations, tikz
 from helpers.cli import UsageError
-from helpers.profiles import TOY_CONTROLNET, TOY_LOCATOR
+from helpers.loading import loading
+from helpers.profiles import HUB_ID, TOY_CONTROLNET, TOY_LOCATOR
 
-# The condition image enters at full resolution and is brought down to the latent size by a small
-# convolutional embedding: two stride-2 steps take the toy's 64 px to its 16 x 16 latents (SD 1.5
-# uses three, (16, 32, 96, 256), for 512 px -> 64 x 64).
-TOY_CONDITIONING_CHANNELS = (16, 32, 32)
+# The condition image enters at full resolution and a small convolutional embedding brings it down to
+# the latent grid, one stride-2 step per halving of the VAE: two take the toy's 64 px to its 16 x 16
+# latents (4x), three take SD 1.x/2.x's 512 px to 64 x 64 (8x, the channels of diffusers' default).
+CONDITIONING_CHANNELS = {4: (16, 32, 32), 8: (16, 32, 96, 256)}
+# What a ControlNet copies from its base UNet and must match: the residuals it adds have these shapes.
+BASE_SHAPE = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim")
 
 
-def build_controlnet(unet: UNet2DConditionModel,
-                     conditioning_channels: tuple[int, ...] = TOY_CONDITIONING_CHANNELS) -> ControlNetModel:
-    """A ControlNet initialised from ``unet``'s encoder weights, its zero convolutions at zero."""
-    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
+def conditioning_channels(scale_factor: int) -> tuple[int, ...]:
+    """The condition embedding's channels for a VAE that downsamples ``scale_factor`` times."""
+    if scale_factor not in CONDITIONING_CHANNELS:
+        raise UsageError(f"the base model's VAE downsamples {scale_factor}x, and a ControlNet condition embedding "
+                         "is defined here for 4x (the toy model) and 8x (SD 1.x/2.x) only: use one of those bases")
+    return CONDITIONING_CHANNELS[scale_factor]
+
+
+def build_controlnet(unet: UNet2DConditionModel, scale_factor: int) -> ControlNetModel:
+    """A ControlNet initialised from ``unet``'s encoder weights, its zero convolutions at zero, whose condition
+    embedding brings images down by the VAE's ``scale_factor`` (``pipe.vae_scale_factor``) to the latent grid."""
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels(scale_factor))
+
+
+def _shape(config, scale_factor: int) -> dict[str, object]:
+    return {key: tuple(config[key]) if isinstance(config[key], (list, tuple)) else config[key]
+            for key in BASE_SHAPE} | {"vae_scale_factor": scale_factor}
+
+
+def _describe(shape: dict[str, object], keys: list[str]) -> str:
+    return ", ".join(f"{key} {shape[key]}" for key in keys)
+
+
+def check_fits(controlnet: ControlNetModel, unet: UNet2DConditionModel, scale_factor: int, where: str,
+               base: str) -> None:
+    """One line, instead of a shape error deep in the UNet, when ``controlnet`` was made for another base
+    than the one whose ``unet`` (and VAE of ``scale_factor``) it is to steer."""
+    steps = len(controlnet.config.conditioning_embedding_out_channels) - 1
+    made_for, here = _shape(controlnet.config, 2 ** steps), _shape(unet.config, scale_factor)
+    differ = [key for key in made_for if made_for[key] != here[key]]
+    if differ:
+        raise UsageError(f"the ControlNet in {where} was trained for a base with {_describe(made_for, differ)}, but "
+                         f"{base} has {_describe(here, differ)}: train a new one for this base, or pass the base it "
+                         "was made for")
 
 
 def zero_convolutions(controlnet: ControlNetModel) -> dict[str, object]:
@@ -54,20 +87,25 @@ def controlnet_pipeline(pipe, controlnet: ControlNetModel):
 
 
 def load_controlnet(path: str | Path = TOY_CONTROLNET) -> ControlNetModel:
-    """A ControlNet saved by the trainer (``save_pretrained``); one clear line if there is none."""
+    """A ControlNet saved by the trainer (``save_pretrained``) or on the hub; one clear line if there is none."""
     folder = Path(path).expanduser()
-    if not (folder / "config.json").exists():
+    local = folder.is_dir() or not HUB_ID.fullmatch(str(path))
+    if local and not (folder / "config.json").exists():
         raise UsageError(f"no ControlNet in {str(path)!r} (no config.json): train one with "
                          "`python -m helpers.controlnet --train_data_dir DIR --output_dir DIR`")
-    return ControlNetModel.from_pretrained(folder).eval()
+    source = str(folder) if local else str(path)
+    with loading(source):
+        return ControlNetModel.from_pretrained(source).eval()
 
 
 def load_controlnet_pipeline(path: str | Path = TOY_CONTROLNET, model: str = "toy"):
-    """The base pipeline with a trained ControlNet, and with its UNet if the decoder was trained too."""
+    """The base pipeline with a trained ControlNet, and with its UNet if the decoder was trained too;
+    a ControlNet made for another base is one clear line."""
     from helpers.profiles import load_pipeline
 
     controlnet = load_controlnet(path)
     pipe = load_pipeline(model)
+    check_fits(controlnet, pipe.unet, pipe.vae_scale_factor, str(path), model)
     unet = Path(path).expanduser() / "unet"
     if unet.is_dir():  # trained with --unlock_unet_decoder
         pipe.unet = UNet2DConditionModel.from_pretrained(unet).to(pipe.device, pipe.unet.dtype).eval()
@@ -129,6 +167,8 @@ def sudden_convergence(curve: list[dict], key: str = "relation_accuracy") -> dic
 _HELP = {
     "train_data_dir": "folder with train.jsonl and its images (python -m helpers.control_data writes one)",
     "pretrained_model_name_or_path": "toy, a local pipeline folder, or a hub id",
+    "revision": "the hub revision (branch, tag or commit) of the model",
+    "variant": "load the weights of this variant, e.g. fp16 for *.fp16.safetensors (trained parts are float32 anyway)",
     "controlnet_model_name_or_path": "a ControlNet to go on training (default: a new one copied from the UNet)",
     "proportion_empty_prompts": "fraction of captions replaced by \"\" so that classifier-free guidance works",
     "allow_adamw_fallback": "with --use_8bit_adam, train with torch AdamW if bitsandbytes cannot load",

@@ -32,13 +32,14 @@ from torch.nn import functional as F
 from helpers.atomic import write_text_atomic
 from helpers.cli import UsageError
 from helpers.control_data import DESCRIPTION, Entry, read_index
-from helpers.controlnet import build_controlnet, controlnet_pipeline, layout_scores
-from helpers.latents import encode as encode_latents, preprocess
+from helpers.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
+from helpers.latents import encode as encode_latents, preprocess, vae_scale_factor
+from helpers.loading import check_float32, load_parts
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
-from helpers.training_loop import (LoopSettings, check_settings, denoising_target, load_history, load_parts,
-                                   make_accelerator, make_lr_scheduler, resume, run_loop, step_generator,
-                                   weight_dtype)
+from helpers.runtime import release_device_memory
+from helpers.training_loop import (LoopSettings, check_settings, denoising_target, finish, load_history,
+                                   make_accelerator, make_lr_scheduler, resume, run_loop, step_generator, weight_dtype)
 
 DECODER = ("up_blocks", "conv_norm_out", "conv_out")  # what unlock_unet_decoder trains
 CACHE_ROWS = 20_000   # above this (fill50k at 512 px) rows are encoded per batch instead of kept in memory
@@ -52,6 +53,8 @@ class ControlNetConfig:
     train_data_dir: str
     output_dir: str
     pretrained_model_name_or_path: str = "toy"
+    revision: str | None = None
+    variant: str | None = None
     controlnet_model_name_or_path: str | None = None
     image_column: str = "image"
     conditioning_image_column: str = "conditioning_image"
@@ -118,17 +121,19 @@ class ControlNetTrainer:
         self._load_models()
 
     def _load_models(self) -> None:
-        from diffusers import ControlNetModel
-
         cfg, device = self.config, self.accelerator.device
         self.weight_dtype = weight_dtype(cfg.mixed_precision)
-        self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(self.model_path)
+        self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(
+            self.model_path, cfg.revision, cfg.variant)
+        scale_factor = vae_scale_factor(self.vae.config)
         if cfg.controlnet_model_name_or_path:
-            self.controlnet = ControlNetModel.from_pretrained(cfg.controlnet_model_name_or_path)
+            self.controlnet = load_controlnet(cfg.controlnet_model_name_or_path)
+            check_fits(self.controlnet, self.unet, scale_factor, cfg.controlnet_model_name_or_path,
+                       cfg.pretrained_model_name_or_path)
         else:
             with torch.random.fork_rng():  # the condition embedding's random init follows --seed, like everything else
                 torch.manual_seed(cfg.seed)
-                self.controlnet = build_controlnet(self.unet)
+                self.controlnet = build_controlnet(self.unet, scale_factor)
         cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
         for part in (self.vae, self.text_encoder, self.unet):
             part.requires_grad_(False)
@@ -136,10 +141,11 @@ class ControlNetTrainer:
         if cfg.unlock_unet_decoder:
             for name in DECODER:
                 getattr(self.unet, name).requires_grad_(True)
+        check_float32(controlnet=self.controlnet, unet=self.unet)
         if cfg.gradient_checkpointing:
             self.controlnet.enable_gradient_checkpointing()
             self.unet.enable_gradient_checkpointing()
-        self.resolution = cfg.resolution or self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.resolution = cfg.resolution or self.unet.config.sample_size * scale_factor
 
     # ----------------------------------------------------------------- data
     @torch.no_grad()
@@ -215,7 +221,7 @@ class ControlNetTrainer:
                               json.dumps({k: v for k, v in asdict(result).items() if k != "history"}
                                          | {"config": asdict(cfg)}, indent=2))
             write_text_atomic(self.output_dir / "README.md", model_card(cfg, result, str(acc.device)))
-        acc.end_training()
+        finish(acc)
         return result
 
     def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -291,10 +297,14 @@ def model_card(config: ControlNetConfig, result: ControlNetResult, device: str) 
         lines += ["", f"Held-out layouts drawn and read by the toy locator ({config.validation_layouts} per row):", "",
                   "| step | object accuracy | relation accuracy |", "|---|---|---|"]
         lines += [f"| {v['step']} | {v['object_accuracy']:.3f} | {v['relation_accuracy']:.3f} |" for v in result.validation]
-    lines += ["", "Load it with `helpers.controlnet.load_controlnet_pipeline(folder)`, or "
+    base = "" if config.pretrained_model_name_or_path == "toy" else f", model={config.pretrained_model_name_or_path!r}"
+    lines += ["", f"Load it with `helpers.controlnet.load_controlnet_pipeline(folder{base})`, or "
               "`ControlNetModel.from_pretrained(folder)`."]
     return "\n".join(lines) + "\n"
 
 
 def train_controlnet(config: ControlNetConfig) -> ControlNetResult:
-    return ControlNetTrainer(config).train()
+    """Train, then let the models go: nothing of the run stays on the GPU for the next one."""
+    result = ControlNetTrainer(config).train()
+    release_device_memory()
+    return result

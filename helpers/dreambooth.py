@@ -15,6 +15,8 @@ from helpers.train import TrainConfig, train
 
 _HELP = {
     "pretrained_model_name_or_path": "toy, a local pipeline folder, or a hub id",
+    "revision": "the hub revision (branch, tag or commit) of the model",
+    "variant": "load the weights of this variant, e.g. fp16 for *.fp16.safetensors (trained parts are float32 anyway)",
     "instance_data_dir": "folder with the subject's photos",
     "instance_prompt": "prompt with the identifier, e.g. 'a photo of sks dog'",
     "class_data_dir": "where class images are cached (generated when missing or stale)",

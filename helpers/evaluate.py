@@ -22,7 +22,7 @@ import argparse
 import json
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -66,6 +66,12 @@ class Scorers:
     name: str
     embed: Callable[[Sequence[Image.Image]], torch.Tensor]
     prompt_fidelity: Callable[[Sequence[Image.Image], str], float]
+    models: tuple = ()  # what holds GPU memory (DINO, CLIP), so that a notebook can park it during a fine-tune
+
+    def to(self, device: str) -> "Scorers":
+        for model in self.models:
+            model.to(device)
+        return self
 
 
 def toy_scorers(judge_dir: Path = TOY_JUDGE) -> Scorers:
@@ -82,7 +88,14 @@ def photo_scorers(dino: str = DINO_MODEL, clip: str = CLIP_MODEL, device: str = 
     """The paper's scorers for real photos: DINO ViT-S/16 embeddings and CLIP-T."""
     embed, clip_t = DinoEmbedder(dino, device), ClipTextScorer(clip, device)
     return Scorers(f"DINO {dino} + CLIP-T {clip}", embed,
-                   lambda images, prompt: statistics.mean(clip_t(images, prompt)))
+                   lambda images, prompt: statistics.mean(clip_t(images, prompt)), (embed, clip_t))
+
+
+def scorers_for(profile) -> Scorers:
+    """What scores a profile's images: the toy judge on the toy, DINO and CLIP-T on real photos."""
+    if profile.is_toy:
+        return toy_scorers()
+    return photo_scorers(profile.dino_model or DINO_MODEL, profile.clip_model or CLIP_MODEL, profile.device)
 
 
 def evaluate_model(pipe, subject_images, instance_prompt: str, class_prompt: str, num_samples: int = 16,
@@ -118,6 +131,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--class_prompt", help='e.g. "a photo of dog"')
     parser.add_argument("--num_samples", type=int, default=16, help="samples per prompt and seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (profile default: 50)")
     parser.add_argument("--dino_model", default=DINO_MODEL, help="real photos: DINO id or local folder")
     parser.add_argument("--clip_model", default=CLIP_MODEL, help="real photos: CLIP id or local folder")
     return parser.parse_args(argv)
@@ -145,9 +159,10 @@ def main(argv: list[str] | None = None) -> None:
         configure_cpu()
     subject = load_image_folder(args.subject_dir)
     pipe = load_pipeline(args.model, profile)
-    scorers = toy_scorers() if profile.is_toy else photo_scorers(args.dino_model, args.clip_model, profile.device)
+    scorers = scorers_for(replace(profile, dino_model=args.dino_model, clip_model=args.clip_model))
     report = evaluate_model(pipe, subject, args.instance_prompt, args.class_prompt, args.num_samples,
-                            tuple(args.seeds), scorers, guidance_scale=profile.guidance_scale)
+                            tuple(args.seeds), scorers, args.num_inference_steps or profile.num_inference_steps,
+                            profile.guidance_scale)
     print(json.dumps(report))
 
 

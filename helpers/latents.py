@@ -8,6 +8,11 @@ import torch
 from PIL import Image
 
 
+def vae_scale_factor(vae_config) -> int:
+    """Pixels per latent on a side: the VAE halves the image between its blocks (4 on the toy, 8 on SD 1.x)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 def preprocess(image: Image.Image, resolution: int, center_crop: bool = True, rng: random.Random | None = None,
                random_flip: bool = False) -> torch.Tensor:
     """Resize the short side to ``resolution``, crop a square (centre, or random with ``rng``),

@@ -49,6 +49,10 @@ class DinoEmbedder:
         self.model = _from_pretrained(ViTModel, model, "DINO model", add_pooling_layer=False).eval().to(device)
         self.device = device
 
+    def to(self, device: str) -> "DinoEmbedder":
+        self.model, self.device = self.model.to(device), device
+        return self
+
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """One row per image: the last layer's CLS token, as the paper's DINO score uses."""
@@ -68,6 +72,10 @@ class ClipTextScorer:
         self.processor = _from_pretrained(CLIPProcessor, model, "CLIP processor")
         self.model = _from_pretrained(CLIPModel, model, "CLIP model").eval().to(device)
         self.device = device
+
+    def to(self, device: str) -> "ClipTextScorer":
+        self.model, self.device = self.model.to(device), device
+        return self
 
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image], prompt: str) -> list[float]:

@@ -8,6 +8,7 @@ profile changes values only (model, resolution, steps, dtype); the same function
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -17,7 +18,10 @@ from pathlib import Path
 import torch
 
 from helpers.cli import UsageError
+from helpers.latents import vae_scale_factor
+from helpers.loading import SD15_MODEL, loading
 from helpers.lora import WEIGHTS as LORA_WEIGHTS, base_model as lora_base_model, is_lora_folder
+from helpers.photo_scorers import CLIP_MODEL, DINO_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -25,7 +29,6 @@ TOY_MODEL = DATA / "toy-sd"
 TOY_JUDGE = DATA / "toy-judge"
 TOY_LOCATOR = DATA / "toy-locator"
 TOY_CONTROLNET = DATA / "toy-controlnet"
-SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -40,6 +43,9 @@ class Profile:
     resolution: int
     num_inference_steps: int
     guidance_scale: float
+    mixed_precision: str = "no"  # the trainers' --mixed_precision
+    dino_model: str | None = None  # the photo scorers (helpers.photo_scorers); the toy judge scores toy images
+    clip_model: str | None = None
 
     @property
     def is_toy(self) -> bool:
@@ -47,7 +53,7 @@ class Profile:
 
 
 TOY = Profile("toy", str(TOY_MODEL), "cpu", torch.float32, 64, 50, 4.0)
-SD15 = Profile("sd15", SD15_MODEL, "cuda", torch.float16, 512, 50, 7.5)
+SD15 = Profile("sd15", SD15_MODEL, "cuda", torch.float16, 512, 50, 7.5, "fp16", DINO_MODEL, CLIP_MODEL)
 PROFILES = {"toy": TOY, "sd15": SD15}
 
 
@@ -62,8 +68,13 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def choose_profile(name: str | None = None) -> Profile:
-    """``name`` if given (or $COURSE_PROFILE), else sd15 when a CUDA GPU and the hub are there, else toy."""
+def choose_profile(name: str | Profile | None = None) -> Profile:
+    """``name`` if given (or $COURSE_PROFILE), else sd15 when a CUDA GPU and the hub are there, else toy.
+
+    A `Profile` is taken as it is: that is how the real-model branch of every notebook runs in CI, on
+    the CPU against a tiny SD-shaped model (``tests/test_real_branches.py``)."""
+    if isinstance(name, Profile):
+        return name
     name = name or os.environ.get("COURSE_PROFILE")
     if name is None:
         name = "sd15" if torch.cuda.is_available() and hub_reachable() else "toy"
@@ -84,7 +95,19 @@ def profile_for_model(model: str) -> Profile:
         return replace(TOY, model=path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    return replace(SD15, model=path, device=device, dtype=dtype)
+    return replace(SD15, model=path, device=device, dtype=dtype, resolution=native_resolution(path, SD15.resolution))
+
+
+def native_resolution(path: str, default: int) -> int:
+    """The image size a local pipeline folder was made for (its UNet's latent size times the VAE's
+    downsampling), which is also the trainers' default ``--resolution``; ``default`` for a hub id."""
+    folder = Path(path)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return default
+    return unet["sample_size"] * vae_scale_factor(vae)
 
 
 def _is_toy_folder(path: Path) -> bool:
@@ -108,23 +131,22 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def load_pipeline(model: str = "toy", profile: Profile | None = None):
-    """A StableDiffusionPipeline on the profile's device and dtype, sampling with DDIM."""
+def load_pipeline(model: str = "toy", profile: Profile | None = None, revision: str | None = None,
+                  variant: str | None = None):
+    """A StableDiffusionPipeline on the profile's device and dtype, sampling with DDIM; a model that cannot
+    be loaded (a typo, offline, a missing variant) is one clear line."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     path = resolve_model(model)
     if is_lora_folder(Path(path)):  # a LoRA fine-tune: its base pipeline with the adapters loaded
         from helpers.lora import load_lora
 
-        return load_lora(load_pipeline(lora_base_model(Path(path)), profile), Path(path))
+        return load_lora(load_pipeline(lora_base_model(Path(path)), profile, revision, variant), Path(path))
     profile = profile or profile_for_model(model)
-    try:
+    with loading(path, variant, revision):
         pipe = StableDiffusionPipeline.from_pretrained(path, dtype=profile.dtype, safety_checker=None,
-                                                       requires_safety_checker=False)
-    except OSError as err:
-        raise UsageError(f"could not load {model!r}: it is no local folder, and the hub could not give it "
-                         f"({str(err).splitlines()[0][:120]}); offline, run `python -m helpers.profiles "
-                         "download` on a connected machine first") from None
+                                                       requires_safety_checker=False, revision=revision,
+                                                       variant=variant)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(profile.device)
@@ -134,8 +156,6 @@ def download(model: str = SD15_MODEL) -> str:
     """Fetch a hub model into the local cache before a workshop (the only network use): a diffusers
     pipeline, or one of the photo scorers (DINO, CLIP), whose files sit at the repository's root."""
     from huggingface_hub import snapshot_download
-
-    from helpers.photo_scorers import CLIP_MODEL, DINO_MODEL
 
     if model in (DINO_MODEL, CLIP_MODEL):
         return snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors", "pytorch_model.bin"])

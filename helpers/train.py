@@ -32,13 +32,15 @@ from helpers.atomic import write_text_atomic
 from helpers.cli import UsageError
 from helpers.data import image_files, load_rgb
 from helpers.identifiers import identifier_warnings
-from helpers.latents import encode as encode_latents, preprocess
+from helpers.latents import encode as encode_latents, preprocess, vae_scale_factor
+from helpers.loading import check_float32, load_parts
 from helpers.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, adapters_only_checkpoints, add_lora, load_lora, save_lora
 from helpers.losses import dreambooth_loss
 from helpers.noise import offset_noise
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
-from helpers.training_loop import (LoopSettings, check_settings, denoising_target, load_parts, make_accelerator,
+from helpers.runtime import release_device_memory
+from helpers.training_loop import (LoopSettings, check_settings, denoising_target, finish, make_accelerator,
                                    make_lr_scheduler, resume, run_loop, step_generator, weight_dtype)
 
 
@@ -50,6 +52,8 @@ class TrainConfig:
     instance_prompt: str
     output_dir: str
     pretrained_model_name_or_path: str = "toy"
+    revision: str | None = None
+    variant: str | None = None
     class_data_dir: str | None = None
     class_prompt: str | None = None
     with_prior_preservation: bool = False
@@ -146,7 +150,8 @@ class Trainer:
     def _load_models(self) -> None:
         acc, cfg = self.accelerator, self.config
         self.weight_dtype = weight_dtype(cfg.mixed_precision)
-        self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(self.model_path)
+        self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(
+            self.model_path, cfg.revision, cfg.variant)
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(cfg.train_text_encoder)
         frozen = [self.vae] + ([] if cfg.train_text_encoder else [self.text_encoder])
@@ -161,18 +166,21 @@ class Trainer:
                 add_lora(self.unet, cfg.lora_rank, cfg.lora_alpha, UNET_TARGETS)
                 if cfg.train_text_encoder:
                     add_lora(self.text_encoder, cfg.lora_rank, cfg.lora_alpha, TEXT_ENCODER_TARGETS)
+        check_float32(unet=self.unet, text_encoder=self.text_encoder)
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if cfg.train_text_encoder:
                 self.text_encoder.gradient_checkpointing_enable()
-        self.resolution = cfg.resolution or self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.resolution = cfg.resolution or self.unet.config.sample_size * vae_scale_factor(self.vae.config)
         for message in identifier_warnings(self.tokenizer, cfg.instance_prompt, cfg.class_prompt):
             warnings.warn(message, stacklevel=2)
 
     def _pipeline(self):
         from helpers.profiles import load_pipeline
 
-        return (self._pipe_factory or (lambda: load_pipeline(self.config.pretrained_model_name_or_path)))()
+        cfg = self.config
+        return (self._pipe_factory or (lambda: load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision,
+                                                             variant=cfg.variant)))()
 
     def _class_images(self) -> tuple[list[Image.Image], dict | None]:
         from helpers.priors import PriorSettings, class_images, load_class_images
@@ -190,8 +198,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             paths, report = class_images(cfg.class_data_dir, settings, self._pipeline, progress=False)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the sampling pipeline's own copy of the model is gone now
+        release_device_memory()  # the sampling pipeline's own copy of the model is gone now
         return load_class_images(paths), report
 
     def _encode_prompt(self, prompt: str) -> torch.Tensor:
@@ -252,7 +259,7 @@ class Trainer:
             write_text_atomic(self.output_dir / "train_result.json",
                               json.dumps({k: v for k, v in asdict(result).items() if k != "history"}
                                          | {"config": asdict(cfg)}, indent=2))
-        acc.end_training()
+        finish(acc)
         return result
 
     def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -324,7 +331,7 @@ class Trainer:
         parts = {"unet": acc.unwrap_model(self.unet), "text_encoder": acc.unwrap_model(self.text_encoder), "vae": self.vae}
         parts = {k: m if m.dtype == torch.float32 else m.float() for k, m in parts.items()}
         pipe = StableDiffusionPipeline.from_pretrained(self.model_path, **parts, safety_checker=None,
-                                                       requires_safety_checker=False)
+                                                       requires_safety_checker=False, revision=cfg.revision)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.save_pretrained(self.output_dir, safe_serialization=True)
         if self.config.validation_prompt:
@@ -341,5 +348,8 @@ class Trainer:
 
 
 def train(config: TrainConfig, pipe_factory=None) -> TrainResult:
-    return Trainer(config, pipe_factory).train()
+    """Train, then let the models go: nothing of the run stays on the GPU for the next one."""
+    result = Trainer(config, pipe_factory).train()
+    release_device_memory()
+    return result
 

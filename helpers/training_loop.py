@@ -72,18 +72,6 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
-def load_parts(path: str):
-    """Tokenizer, DDPM noise scheduler, text encoder, VAE and UNet of a Stable Diffusion folder or hub id."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    return (CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-            DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
-            CLIPTextModel.from_pretrained(path, subfolder="text_encoder"),
-            AutoencoderKL.from_pretrained(path, subfolder="vae"),
-            UNet2DConditionModel.from_pretrained(path, subfolder="unet"))
-
-
 def make_lr_scheduler(config, optimizer, accelerator):
     """diffusers' get_scheduler, counted in optimizer steps of all processes, as its scripts do."""
     from diffusers.optimization import get_scheduler
@@ -107,12 +95,29 @@ def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
 
 
 def make_accelerator(output_dir: Path, gradient_accumulation_steps: int, mixed_precision: str):
+    """An Accelerator for one run. accelerate keeps its settings in a process-wide singleton that refuses
+    a second mixed precision ("AcceleratorState has already been initialized"), which a learner meets
+    on re-running a notebook cell with another precision; the run's own settings are put in place
+    instead (the distributed state, set up by the launcher, is kept)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
+
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
 
     # cpu=True is what makes accelerate pick MULTI_CPU (gloo) under torchrun on a machine without CUDA
     return Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
                        cpu=not torch.cuda.is_available(), project_config=ProjectConfiguration(project_dir=str(output_dir)))
+
+
+def finish(accelerator) -> None:
+    """End a run so that its models can go: trackers closed, and accelerate's own references to the
+    prepared models and optimizer dropped (it keeps them in lists, and a LoRA run's save hooks tie the
+    accelerator into a cycle that only the garbage collector would break)."""
+    accelerator.end_training()
+    accelerator.free_memory()
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -63,3 +63,12 @@ def run_tool():
                               cwd=ROOT, env=env, timeout=600)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def sd_folders(tmp_path_factory):
+    """The SD 1.x-shaped pipeline of ``tests/sd_shaped.py`` in fp32, fp16 and as an fp16 variant only,
+    with tiny DINO, CLIP and x4-upscaler folders beside it; built in seconds, never downloaded."""
+    import sd_shaped
+
+    return sd_shaped.build(tmp_path_factory.mktemp("sd-shaped"))

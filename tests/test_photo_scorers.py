@@ -4,41 +4,22 @@ import pytest
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTImageProcessor,
-                          ViTModel)
+from transformers import CLIPModel, CLIPProcessor, ViTImageProcessor, ViTModel
 
-from helpers import metrics, photo_scorers, toytokenizer, toyworld
+from helpers import metrics, photo_scorers, toyworld
 from helpers.cli import UsageError
 from helpers.evaluate import evaluate_model, photo_scorers as make_photo_scorers
 from helpers.generate import generate_images
 
 
 @pytest.fixture(scope="module")
-def tiny_dino(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dino")
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64)
-    ViTModel(config, add_pooling_layer=False).save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return str(path)
+def tiny_dino(sd_folders):
+    return str(sd_folders.dino)
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip")
-    tokenizer = toytokenizer.build_tokenizer(path / "tokenizer")
-    torch.manual_seed(0)
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-    vision = dict(image_size=32, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
-    return str(path)
+def tiny_clip(sd_folders):
+    return str(sd_folders.clip)
 
 
 def _photos(n: int) -> list[Image.Image]:
