@@ -60,3 +60,9 @@ def test_notebooks_are_numbered_and_have_a_colab_badge():
         assert re.fullmatch(r"\d\d_[\w.-]+\.ipynb", path.name)
         first = "".join(json.loads(path.read_text())["cells"][0]["source"])
         assert f"blob/main/notebooks/{path.name}" in first, f"{path.name}: Colab badge missing or pointing elsewhere"
+
+
+def test_every_notebook_clones_the_course_from_the_one_url():
+    from helpers.colab import main
+
+    main(["--check"])  # exits with one line naming the notebooks whose Colab cell differs
