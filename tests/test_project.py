@@ -66,3 +66,11 @@ def test_every_notebook_clones_the_course_from_the_one_url():
     from helpers.colab import main
 
     main(["--check"])  # exits with one line naming the notebooks whose Colab cell differs
+
+
+def test_no_notebook_text_holds_control_characters():
+    """A Python string escape (``"\\bar"`` is a backspace and "ar") must not reach a notebook's text."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            bad = sorted({hex(ord(ch)) for ch in "".join(cell["source"]) if ord(ch) < 32 and ch not in "\n\t"})
+            assert not bad, f"{path.name} cell {i} holds control characters {bad}"
