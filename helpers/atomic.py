@@ -23,6 +23,13 @@ def _replace(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def _temp_beside(path: Path) -> Path:
+    """A new empty temporary file in ``path``'s folder, so that the final rename stays on one filesystem."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    return Path(tmp)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -33,10 +40,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp)
-    _replace(Path(tmp), path)
+    tmp = _temp_beside(path)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
+    _replace(tmp, path)
+
+
+def save_torch_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` that leaves either the old file or the complete new one (training states, caches)."""
+    path = Path(path)
+    tmp = _temp_beside(path)
+    torch.save(obj, tmp)
+    _replace(tmp, path)
 
 
 def replace_dir_atomic(build: Path, target: Path) -> None:

@@ -21,6 +21,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -31,17 +32,22 @@ from helpers.controlnet import draw, held_out_samples, load_controlnet_pipeline,
 from helpers.planner import ChatPlanner, Plan, Planner, RuleBasedPlanner, plan
 from helpers.profiles import TOY_CONTROLNET, TOY_LOCATOR, load_pipeline
 
+if TYPE_CHECKING:
+    from helpers.locator import Found
+
 METHODS = ("plain", "controlnet_true_layout", "controlgpt")
 SIZE = 64
 
 
 @dataclass
 class Outcome:
-    """One method's images on the evaluation prompts and how the locator scored them."""
+    """One method's images on the evaluation prompts, what the locator found in each, and its scores."""
 
     images: list[Image.Image]
     sketches: list[Image.Image] | None
     scores: dict[str, float]
+    found: list[list[Found]]
+    plans: list[Plan] | None = None  # the planner's accepted answers, for ControlGPT
 
 
 def planned_sketch(planner: Planner, prompt: str, size: int = SIZE) -> tuple[Plan, Image.Image]:
@@ -72,12 +78,15 @@ def compare(seed: int = 0, count: int = 48, controlnet: str | Path = TOY_CONTROL
     base = load_pipeline("toy")
     guided = load_controlnet_pipeline(controlnet)
     locator = load_locator(TOY_LOCATOR)
+    plans = [planned_sketch(planner, p) for p in prompts]
     layouts = {"plain": None, "controlnet_true_layout": [true_layout(s, SIZE) for s in samples],
-               "controlgpt": [planned_sketch(planner, p)[1] for p in prompts]}
+               "controlgpt": [sketch for _, sketch in plans]}
     outcomes = {}
     for method, sketches in layouts.items():
         images = draw(guided if sketches else base, prompts, sketches, seed, **draw_kwargs)
-        outcomes[method] = Outcome(images, sketches, score_relations(locate(locator, images), samples))
+        found = locate(locator, images)
+        outcomes[method] = Outcome(images, sketches, score_relations(found, samples), found,
+                                   [accepted for accepted, _ in plans] if method == "controlgpt" else None)
     return outcomes
 
 

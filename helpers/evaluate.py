@@ -98,6 +98,20 @@ def scorers_for(profile) -> Scorers:
     return photo_scorers(profile.dino_model or DINO_MODEL, profile.clip_model or CLIP_MODEL, profile.device)
 
 
+def fidelity_ceiling(scorers: Scorers, subject_images, new_photos, vae=None) -> dict[str, float]:
+    """The subject fidelity a perfect model would reach: new photos of the subject (poses and scenes
+    its photos do not show) scored against its photos, as they are and, with ``vae``, encoded and
+    decoded (the most that a latent diffusion model drawing through that VAE can keep). A fine-tune's
+    fidelity means little alone; as a share of this ceiling it says how much of the subject was learned."""
+    from helpers.latents import through_vae
+
+    subject = scorers.embed(subject_images)
+    ceiling = {"raw": metrics.subject_fidelity(scorers.embed(new_photos), subject)}
+    if vae is not None:
+        ceiling["through_vae"] = metrics.subject_fidelity(scorers.embed(through_vae(vae, list(new_photos))), subject)
+    return ceiling
+
+
 def evaluate_model(pipe, subject_images, instance_prompt: str, class_prompt: str, num_samples: int = 16,
                    seeds: tuple[int, ...] = (0,), scorers: Scorers | None = None,
                    num_inference_steps: int = 50, guidance_scale: float = 4.0) -> dict:

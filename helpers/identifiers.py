@@ -46,8 +46,8 @@ def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | Non
         pieces = tokenizer.tokenize(word)
         if rank is not None and rank < common_below:
             out.append(f"identifier {word!r} is a common token (merge rank in the first {rank:.0%} of the "
-                       "vocabulary): fine-tuning overwrites a meaning the model already has; a rare token such as "
-                       "'sks' carries less prior")
+                       "vocabulary): fine-tuning overwrites a meaning the model already has; a rare token that means "
+                       "little to the text encoder carries less prior (helpers.identifiers.find_identifiers finds some)")
         elif len(pieces) > 2:
             out.append(f"identifier {word!r} splits into {len(pieces)} tokens {pieces}: a rare single token "
                        "binds faster and disturbs less")

@@ -37,6 +37,7 @@ HEADS = {
 }
 EMBED_DIM = 128
 VAE_SHARE = 0.5  # of training images passed through the toy model's VAE (every generated image is)
+ACCURACY_RENDERS = 1024  # fresh renders behind the accuracies on the judge's card
 
 
 class Judge(nn.Module):
@@ -173,7 +174,8 @@ def train_judge(output: str | Path, vae, steps: int = 1200, batch_size: int = 64
 
     start = time.time()
     train_steps(judge, loss_at, steps, "judge")
-    accuracy = {"rendered": judge_accuracy(judge), "through the toy VAE": judge_accuracy(judge, vae=vae)}
+    accuracy = {"rendered": judge_accuracy(judge, ACCURACY_RENDERS),
+                "through the toy VAE": judge_accuracy(judge, ACCURACY_RENDERS, vae=vae)}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(judge.state_dict(), out / "judge.safetensors")

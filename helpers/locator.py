@@ -163,6 +163,23 @@ def score_relations(found: list[list[Found]], samples: list[relations.RelationSa
     return {"object_accuracy": present / n, "relation_accuracy": related / n, "prompts": n}
 
 
+OUTCOMES = ("both, in relation", "both, relation wrong", "one missing, another class in its place",
+            "one missing, nothing in its place", "both missing")
+
+
+def outcome(objects: list[Found], sample: relations.RelationSample) -> str:
+    """What the locator made of one image of a two-object prompt, as one of ``OUTCOMES``: it tells a
+    layout ignored from objects drawn as the wrong class or too blurred to name."""
+    by_class = {f.cls: f for f in objects}
+    a, b = by_class.get(sample.first.cls), by_class.get(sample.second.cls)
+    if a and b:
+        return OUTCOMES[0] if relations.relation_holds(a.centre, b.centre, sample.relation) else OUTCOMES[1]
+    if a or b:
+        others = [f for f in objects if f.cls not in (sample.first.cls, sample.second.cls)]
+        return OUTCOMES[2] if others else OUTCOMES[3]
+    return OUTCOMES[4]
+
+
 def load_locator(path: str | Path) -> Locator:
     weights = Path(path).expanduser() / "locator.safetensors"
     if not weights.exists():

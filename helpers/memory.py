@@ -40,17 +40,26 @@ GB = 1024**3
 SD15_PARAMS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
 
 
-def sd15_lora_params_per_rank() -> dict[str, int]:
-    """LoRA parameters per unit of rank on SD 1.5's attention projections (helpers.lora's targets).
+SD15_TRANSFORMER_WIDTHS = [320, 320, 640, 640, 1280, 1280] + [1280] + [1280] * 3 + [640] * 3 + [320] * 3
 
-    A rank-r adapter on a d_out x d_in projection adds r(d_in + d_out). Each of the UNet's 16
-    transformer blocks (width d) has self-attention q, k, v, out (d x d: 8rd) and cross-attention
-    q, out (d x d: 4rd) and k, v (768 -> d: 2r(768 + d)); the text encoder's 12 layers have q, k, v,
-    out of 768 x 768.
-    """
-    widths = [320, 320, 640, 640, 1280, 1280] + [1280] + [1280] * 3 + [640] * 3 + [320] * 3
-    unet = sum(14 * d + 2 * 768 for d in widths)
-    return {"unet": unet, "text_encoder": 12 * 4 * (768 + 768)}
+
+def sd15_lora_matrix_sizes(rank: int) -> list[int]:
+    """The number of values in each LoRA matrix (A: r x d_in, B: d_out x r) on SD 1.5's UNet targets.
+
+    Each of the UNet's 16 transformer blocks (width d) has self-attention q, k, v, out and
+    cross-attention q, out (d x d: an r x d and a d x r matrix each) and cross-attention k, v
+    (768 -> d: an r x 768 and a d x r matrix each)."""
+    sizes = []
+    for d in SD15_TRANSFORMER_WIDTHS:
+        sizes += [rank * d] * 12 + [rank * 768, rank * d] * 2
+    return sizes
+
+
+def sd15_lora_params_per_rank() -> dict[str, int]:
+    """LoRA parameters per unit of rank on SD 1.5's attention projections (helpers.lora's targets):
+    a rank-r adapter on a d_out x d_in projection adds r(d_in + d_out); the text encoder's 12 layers
+    have q, k, v, out of 768 x 768."""
+    return {"unet": sum(sd15_lora_matrix_sizes(1)), "text_encoder": 12 * 4 * (768 + 768)}
 
 # Measured on an NVIDIA H100 80GB HBM3 on 2026-11-25 (torch 2.11.0+cu130, diffusers 0.42.1,
 # bitsandbytes 0.50.2; 512 and 768 px, 2 samples a step); the byte counts are the same on any CUDA GPU
@@ -91,8 +100,8 @@ def adam_state_bytes(params: int, eight_bit: bool) -> float:
     return params * (2 + 2 * 4 / 256) if eight_bit else params * 8
 
 
-def estimate(cfg: MemoryConfig) -> dict[str, float]:
-    """Peak training memory in bytes, term by term, plus ``total``; terms not live at the peak are 0."""
+def _moments(cfg: MemoryConfig) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """What comes and goes within a step, at each candidate for the peak; and what is always live."""
     trainable = cfg.unet_params + (cfg.text_encoder_params if cfg.train_text_encoder else 0)
     half = cfg.mixed_precision in ("fp16", "bf16")
     frozen = cfg.vae_params + (0 if cfg.train_text_encoder else cfg.text_encoder_params)
@@ -107,7 +116,7 @@ def estimate(cfg: MemoryConfig) -> dict[str, float]:
     activations *= 1.0 if half else FP32_ACTIVATION_SCALE
     gradients = trainable * 4
     step_temporaries = 0 if cfg.use_8bit_adam else trainable * 4
-    moments = {  # what comes and goes within a step, at each candidate for the peak
+    moments = {
         "end of forward": {"autocast weight copies": trainable * 2 if half else 0, "activations": activations},
         "end of backward": {"gradients": gradients},
         "optimizer step": {"gradients": gradients, "optimizer step temporaries": step_temporaries},
@@ -115,16 +124,30 @@ def estimate(cfg: MemoryConfig) -> dict[str, float]:
     if cfg.gradient_checkpointing:  # little is saved in the forward; the recomputed block meets all gradients
         moments["end of forward"] = {}
         moments["end of backward"]["activations"] = activations
-    peak = max(moments.values(), key=lambda live: sum(live.values()))
+    always = {"weights (trainable, fp32)": trainable * 4, "optimizer state": adam_state_bytes(trainable, cfg.use_8bit_adam),
+              "frozen parts": frozen * (2 if half else 4), "workspace": WORKSPACE_BYTES}
+    return moments, always
+
+
+def peak_moment(cfg: MemoryConfig) -> str:
+    """When in a step the peak falls: a trick that shrinks one moment's memory can move the peak to another."""
+    moments, _ = _moments(cfg)
+    return max(moments, key=lambda name: sum(moments[name].values()))
+
+
+def estimate(cfg: MemoryConfig) -> dict[str, float]:
+    """Peak training memory in bytes, term by term, plus ``total``; terms not live at the peak are 0."""
+    moments, always = _moments(cfg)
+    peak = moments[peak_moment(cfg)]
     parts = {
-        "weights (trainable, fp32)": trainable * 4,
+        "weights (trainable, fp32)": always["weights (trainable, fp32)"],
         "gradients": peak.get("gradients", 0),
-        "optimizer state": adam_state_bytes(trainable, cfg.use_8bit_adam),
+        "optimizer state": always["optimizer state"],
         "optimizer step temporaries": peak.get("optimizer step temporaries", 0),
         "autocast weight copies": peak.get("autocast weight copies", 0),
-        "frozen parts": frozen * (2 if half else 4),
+        "frozen parts": always["frozen parts"],
         "activations": peak.get("activations", 0),
-        "workspace": WORKSPACE_BYTES,
+        "workspace": always["workspace"],
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -146,9 +169,9 @@ def sd15_recipes() -> dict[str, MemoryConfig]:
 
 
 def table(recipes: dict[str, MemoryConfig] | None = None) -> list[dict[str, str | float]]:
-    """Rows of (recipe, GB per term, total GB) for display."""
+    """Rows of (recipe, GB per term, total GB, the moment of the step where the peak falls) for display."""
     rows = []
     for name, cfg in (recipes or sd15_recipes()).items():
         parts = estimate(cfg)
-        rows.append({"recipe": name, **{k: round(v / GB, 2) for k, v in parts.items()}})
+        rows.append({"recipe": name, **{k: round(v / GB, 2) for k, v in parts.items()}, "peak at": peak_moment(cfg)})
     return rows

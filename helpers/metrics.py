@@ -47,3 +47,21 @@ def diversity(embeddings: torch.Tensor) -> float:
     sims = e @ e.T
     off_diagonal = sims.sum() - sims.diagonal().sum()
     return (1 - off_diagonal / (n * (n - 1))).item()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Frechet distance between Gaussians fitted to two sets of embeddings (FID's formula,
+    ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))), in float64.
+
+    On the toy profile the embeddings are the judge's, so it says how far generated samples lie from
+    fresh renders of the toy world. Its value depends on the set sizes (a small set overstates it),
+    so compare it only with a distance between sets of the same sizes."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("frechet_distance needs at least two embeddings in each set")
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    # tr((S_a S_b)^(1/2)) = tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)), whose argument is symmetric
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    return ((a.mean(0) - b.mean(0)).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()

@@ -137,6 +137,16 @@ class Plan:
     errors: list[str]
 
 
+def follows_prompt(drawing: tikz.Drawing, prompt: str) -> bool:
+    """Whether a layout names the prompt's two objects, in order, placed as its relation says (on the
+    TikZ canvas y points up): what a planner, rule-based or an LLM, must get right before any drawing."""
+    first, relation, second = parse_relation_prompt(prompt)
+    if [name for name, _ in drawing.labels[:2]] != [first.cls, second.cls]:
+        return False
+    (_, (x1, y1)), (_, (x2, y2)) = drawing.labels[:2]
+    return {"left": x1 < x2, "right": x1 > x2, "above": y1 > y2, "below": y1 < y2}[relation]
+
+
 def plan(planner: Planner, prompt: str, max_attempts: int = 3) -> Plan:
     """Ask ``planner`` for TikZ until `helpers.tikz` reads it, feeding each error back."""
     errors: list[str] = []

@@ -3,13 +3,15 @@
     python -m helpers.pretrain vae   --output data/toy-sd
     python -m helpers.pretrain judge --output data/toy-judge --vae data/toy-sd/vae
     python -m helpers.pretrain unet  --output data/toy-sd
-    python -m helpers.pretrain all   (the three in order, with the defaults)
+    python -m helpers.pretrain all   (VAE, UNet in two phases, judge: in order, with the defaults)
 
 The model's stages run in the order SD itself was built: an autoencoder first (so that diffusion
 happens in a small latent space), then the text encoder and UNet together on (latent, caption)
-pairs with the usual epsilon-prediction loss. The judge comes after the autoencoder because it
-learns to read images as they come out of it. Every stage is seeded; the model card written next
-to the weights records the exact command, seeds, steps and wall time.
+pairs with the usual epsilon-prediction loss. The judge needs only the autoencoder (it learns to
+read images as they come out of it). Every stage is seeded and resumable (``helpers.stage_state``):
+killed and started again with the same command, it goes on from its last saved state, and a stage
+that is finished is skipped, so `all` started again goes on where it stopped. The model card
+written next to the weights records the exact command, seeds, steps and wall time of each stage.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import math
 import random
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -26,19 +29,24 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
 from helpers import judge as judge_mod
 from helpers import toymodel, toytokenizer, toyworld
-from helpers.atomic import replace_dir_atomic, write_text_atomic
+from helpers.atomic import replace_dir_atomic, save_torch_atomic, write_text_atomic
 from helpers.cli import UsageError, run_main
 from helpers.losses import snr_weights
 from helpers.runtime import configure_cpu
+from helpers.stage_state import StageState
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STAGES = "stages.json"  # every stage that produced the weights: command, seed, steps, time
+SAVE_EVERY_SECONDS = 300.0  # how often a stage saves its state (helpers.stage_state)
+HELD_OUT_RENDERS = 512  # fresh renders behind the VAE's scaling factor and its PSNR on the card
+HELD_OUT_SEED = 9 * 10**8  # their first seed, far from every training batch's
 
 
 def _render_batch(seeds: range, names: dict) -> torch.Tensor:
@@ -58,43 +66,77 @@ def vae_stage_dir(output: Path) -> Path:
     return output.with_name(f"{output.name}-vae-stage")
 
 
-def train_vae(stage: Path, steps: int, batch_size: int, seed: int, lr: float) -> dict:
-    """Reconstruction (L1 + MSE) plus a tiny KL term, as in SD's first stage, on fresh renders."""
+def vae_loss(recon: torch.Tensor, x: torch.Tensor, posterior, mse_weight: float) -> torch.Tensor:
+    """L1 + weighted MSE + a tiny KL term, as SD's first stage (less its adversarial and perceptual terms).
+
+    A world of flat colours puts most of the squared error on the few pixels at edges; L1 alone
+    treats a smeared edge as a small error, MSE weighted ``mse_weight``-fold against it does not."""
+    return F.l1_loss(recon, x) + mse_weight * F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+
+
+def held_out_pass(vae: AutoencoderKL, count: int = HELD_OUT_RENDERS,
+                  first_seed: int = HELD_OUT_SEED) -> tuple[float, torch.Tensor]:
+    """Encode ``count`` fresh renders to their latent means and decode them, once: the PSNR (dB,
+    pixels in [-1, 1]) of the round trip, and the latent means (their spread sets the scaling factor)."""
+    names = toyworld.named_instances()
+    errors, latents = [], []
+    with torch.no_grad():
+        for i in range(0, count, 128):
+            x = _render_batch(range(first_seed + i, first_seed + min(i + 128, count)), names)
+            latents.append(vae.encode(x).latent_dist.mean)
+            errors.append(F.mse_loss(vae.decode(latents[-1]).sample, x, reduction="sum"))
+    psnr = 10 * math.log10(4.0 / (sum(errors).item() / (count * 3 * toymodel.RESOLUTION ** 2)))
+    return psnr, torch.cat(latents)
+
+
+def vae_psnr(vae: AutoencoderKL, count: int = HELD_OUT_RENDERS, first_seed: int = HELD_OUT_SEED) -> float:
+    """PSNR (dB, pixels in [-1, 1]) of ``count`` fresh renders encoded to their latent means and decoded."""
+    return held_out_pass(vae, count, first_seed)[0]
+
+
+def train_vae(stage: Path, steps: int, batch_size: int, seed: int, lr: float, mse_weight: float = 10.0,
+              continued: bool = False) -> dict:
+    """Train the autoencoder on fresh renders (a new batch every step, a function of the step), from
+    scratch or, ``continued``, on from the VAE in ``stage`` (a second phase with its own schedule);
+    resumable: a killed run started again with the same settings goes on from its last state."""
     torch.manual_seed(seed)
     names = toyworld.named_instances()
-    vae = toymodel.vae()
-    # Start the posterior's log-variance at -6 (std 0.05), as small as a trained SD VAE's: with the
-    # default 0 (std 1), sampled latents are as noisy as they are informative and the decoder
-    # learns to blur colours before the tiny KL weight lets the variance shrink.
-    with torch.no_grad():
-        vae.quant_conv.bias[vae.config.latent_channels:] = -6.0
+    if continued:
+        vae = AutoencoderKL.from_pretrained(stage)
+    else:
+        vae = toymodel.vae()
+        # Start the posterior's log-variance at -6 (std 0.05), as small as a trained SD VAE's: with the
+        # default 0 (std 1), sampled latents are as noisy as they are informative and the decoder
+        # learns to blur colours before the tiny KL weight lets the variance shrink.
+        with torch.no_grad():
+            vae.quant_conv.bias[vae.config.latent_channels:] = -6.0
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = _one_cycle(opt, lr, steps)
-    start = time.time()
-    for step in (bar := tqdm(range(steps), desc="vae")):
+    settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "learning_rate": lr, "mse_weight": mse_weight,
+                "continued": continued}
+    state = StageState(stage, settings, {"vae": vae, "optimizer": opt, "schedule": sched},
+                       every_seconds=SAVE_EVERY_SECONDS)
+    for step in (bar := tqdm(range(state.resume(), steps), desc="vae", initial=state.step, total=steps)):
         base = seed * 10**6 + step * batch_size
         x = _render_batch(range(base, base + batch_size), names)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        loss = vae_loss(vae.decode(posterior.sample()).sample, x, posterior, mse_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        state.after_step(step + 1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     vae.eval()
-    with torch.no_grad():
-        x = _render_batch(range(9 * 10**8, 9 * 10**8 + 512), names)
-        latents = torch.cat([vae.encode(x[i:i + 128]).latent_dist.mean for i in range(0, 512, 128)])
-        recon = torch.cat([vae.decode(latents[i:i + 128]).sample for i in range(0, 512, 128)])
+    psnr, latents = held_out_pass(vae)
     # SD rescales latents to unit variance before diffusion (0.18215 for SD 1.x); measure ours.
     vae.register_to_config(scaling_factor=round(1.0 / latents.std().item(), 5))
     vae.save_pretrained(stage, safe_serialization=True)
-    psnr = 10 * math.log10(4.0 / F.mse_loss(recon, x).item())
-    return {"steps": steps, "batch_size": batch_size, "seed": seed, "learning_rate": lr,
-            "seconds": round(time.time() - start, 1),
-            "held_out_psnr_db": round(psnr, 2), "scaling_factor": vae.config.scaling_factor}
+    report = settings | {"seconds": round(state.seconds(), 1), "held_out_psnr_db": round(psnr, 2),
+                         "scaling_factor": vae.config.scaling_factor}
+    state.clear()
+    return report
 
 
 # --------------------------------------------------------------------------- text encoder + UNet
@@ -114,38 +156,36 @@ def encode_dataset(vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Ten
     return torch.cat(latents), captions
 
 
-class EMA:
-    """Exponential moving average of weights with the usual warm-up, as diffusers' EMAModel."""
+def unet_stage_dir(output: Path) -> Path:
+    """Where the text encoder + UNet stage keeps its encoded dataset and its state while it runs."""
+    return output.with_name(f"{output.name}-unet-stage")
 
-    def __init__(self, modules: list[torch.nn.Module], decay: float) -> None:
-        self.decay, self.step = decay, 0
-        self.params = [p for m in modules for p in m.parameters()]
-        self.shadow = [p.detach().clone() for p in self.params]
 
-    @torch.no_grad()
-    def update(self) -> None:
-        self.step += 1
-        d = min(self.decay, (1 + self.step) / (10 + self.step))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
-
-    @torch.no_grad()
-    def copy_to(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            p.copy_(s)
+def cached_dataset(work: Path, vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``encode_dataset``, kept in ``work`` so that a resumed stage does not encode it again."""
+    path = work / f"dataset-{seed}-{count}-{vae.config.scaling_factor}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        return saved["latents"], saved["captions"]
+    latents, captions = encode_dataset(vae, count, seed)
+    work.mkdir(parents=True, exist_ok=True)
+    save_torch_atomic({"latents": latents, "captions": captions}, path)
+    return latents, captions
 
 
 def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int, dataset_size: int, lr: float,
                init_from: Path | None = None, cfg_dropout: float = 0.1,
                snr_gamma: float = 5.0) -> tuple[dict, Path]:
     """Train text encoder and UNet jointly on cached latents, epsilon prediction, min-SNR weighting;
-    from scratch, or on from the weights of ``init_from`` (a second phase, on fresh scenes)."""
+    from scratch, or on from the weights of ``init_from`` (a second phase, on fresh scenes).
+    Resumable: a killed run started again with the same command goes on from its last state."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tok_dir = Path(tempfile.mkdtemp(prefix="toy-tokenizer-"))
     tokenizer = toytokenizer.build_tokenizer(tok_dir)
     vae = AutoencoderKL.from_pretrained(stage).eval()
-    start = time.time()
-    latents, captions = encode_dataset(vae, dataset_size, seed)
+    started, work = time.time(), unet_stage_dir(output)
+    latents, captions = cached_dataset(work, vae, dataset_size, seed)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
@@ -159,8 +199,15 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
     params = list(text_encoder.parameters()) + list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = _one_cycle(opt, lr, steps)
-    ema = EMA([text_encoder, unet], decay=0.999)
-    for step in (bar := tqdm(range(steps), desc="text encoder + unet")):
+    ema = EMAModel(params, decay=0.999, foreach=True)
+    settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "dataset_size": dataset_size,
+                "learning_rate": lr, "init_from": str(init_from) if init_from else None,
+                "vae_scaling_factor": vae.config.scaling_factor}
+    state = StageState(work, settings, {"text_encoder": text_encoder, "unet": unet, "optimizer": opt,
+                                        "schedule": sched, "ema": ema}, rng=rng, started=started,
+                       every_seconds=SAVE_EVERY_SECONDS)
+    for step in (bar := tqdm(range(state.resume(), steps), desc="text encoder + unet", initial=state.step,
+                             total=steps)):
         idx = torch.tensor(rng.sample(range(len(latents)), batch_size))
         batch_ids = ids[idx].clone()
         batch_ids[torch.rand(batch_size) < cfg_dropout] = empty[0]
@@ -176,18 +223,18 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        ema.update()
+        ema.step(params)
+        state.after_step(step + 1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    ema.copy_to()
+    ema.copy_to(params)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=toymodel.sample_scheduler(), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     build = output.with_name(f".{output.name}.build")
     pipe.save_pretrained(build, safe_serialization=True)
-    report = {"steps": steps, "batch_size": batch_size, "seed": seed, "dataset_size": dataset_size,
-              "learning_rate": lr, "init_from": str(init_from) if init_from else None,
-              "seconds": round(time.time() - start, 1)}
+    report = {k: v for k, v in settings.items() if k != "vae_scaling_factor"} | {"seconds": round(state.seconds(), 1)}
+    state.clear()
     return report, build
 
 
@@ -196,8 +243,9 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
 def _stage_row(entry: dict) -> str:
     r = entry["report"]
     if entry["stage"] == "VAE":
-        notes = (f"lr {r['learning_rate']}, held-out PSNR {r['held_out_psnr_db']} dB, "
-                 f"scaling factor {r['scaling_factor']}")
+        notes = (f"fresh renders, L1 + {r['mse_weight']:g} x MSE, peak lr {r['learning_rate']}, "
+                 f"held-out PSNR {r['held_out_psnr_db']} dB, scaling factor {r['scaling_factor']}"
+                 f"{', continued from the row above' if r['continued'] else ''}")
     else:
         notes = (f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']}, min-SNR 5, "
                  f"EMA 0.999, 10% empty captions{', continued from the row above' if r.get('init_from') else ''}")
@@ -216,12 +264,13 @@ tags: [stable-diffusion, toy, education]
 # Toy Stable Diffusion (64x64, CPU)
 
 A real `StableDiffusionPipeline` (CLIPTokenizer with a toy-world BPE vocabulary, CLIPTextModel,
-AutoencoderKL 64x64 -> 4x16x16, UNet2DConditionModel, DDIM sampling with SD 1.x's noise schedule)
+AutoencoderKL 64x64 -> {toymodel.LATENT_CHANNELS}x16x16, UNet2DConditionModel, DDIM sampling with SD 1.x's noise schedule)
 pretrained from scratch on the course's procedural toy world. It exists so that every lesson,
 DreamBooth included, runs on a laptop CPU and in CI without a network.
 
 Produced by these commands, in this order (`python -m helpers.pretrain all` runs the same stages
-with the same settings), {total / 60:.0f} minutes in all on a 2-core CPU:
+with the same settings, then the toy judge), {total / 60:.0f} minutes in all on a 2-core CPU. Each
+stage saves its state every five minutes: killed and started again, it goes on from there.
 
 | stage | command | steps | batch | seed | wall time | notes |
 |---|---|---|---|---|---|---|
@@ -240,39 +289,93 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--judge_steps", type=int, default=1200)
     parser.add_argument("--vae", type=Path, default=DATA / "toy-sd" / "vae",
                         help="judge stage: the toy model's VAE, through which half its training images pass")
-    parser.add_argument("--vae_steps", type=int, default=1800)
+    parser.add_argument("--vae_steps", type=int, default=5000)
     parser.add_argument("--vae_batch_size", type=int, default=32)
     parser.add_argument("--vae_learning_rate", type=float, default=2e-3)
-    parser.add_argument("--unet_steps", type=int, default=2200)
+    parser.add_argument("--vae_mse_weight", type=float, default=10.0,
+                        help="weight of the MSE term against L1 in the VAE's reconstruction loss")
+    parser.add_argument("--vae_continue", action="store_true",
+                        help="vae stage: go on from the VAE already in the stage folder (a second phase)")
+    parser.add_argument("--unet_steps", type=int, default=5000)
     parser.add_argument("--unet_batch_size", type=int, default=64)
-    parser.add_argument("--dataset_size", type=int, default=40000)
+    parser.add_argument("--dataset_size", type=int, default=80000)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--init_from", type=Path, default=None,
                         help="unet stage: continue from this pipeline's text encoder and UNet")
     return parser.parse_args(argv)
 
 
-# `all` runs the UNet stage twice: from scratch, then on from those weights with fresh scenes and a
-# lower peak learning rate. The second phase is what lifts adherence over the targets: on the toy-model
-# benchmark's first seed, class from 81% to 91% and colour from 69% to 87%.
-SECOND_PHASE = ["--seed", "1", "--unet_steps", "1400", "--learning_rate", "5e-4"]
+VAE_CONTINUATIONS = 2  # phases after the first, each half as long as the one before, at half its learning rate
+
+
+def vae_continuation(flags: list[str], phase: int, seed: int, steps: int, learning_rate: float) -> list[str]:
+    """The VAE's ``phase``-th continuation in `all` (1, 2, ...): on from the VAE so far with fresh
+    renders (seed + phase), 3/5 of the first phase's steps and a quarter of its peak learning rate,
+    halved again for each later phase. Each schedule's warm-up and decay gains what one longer
+    schedule would, and keeps every phase under an hour on a 2-core CPU."""
+    halving = 2 ** (phase - 1)
+    return ["vae", "--vae_continue", *flags, "--seed", str(seed + phase),
+            "--vae_steps", str(steps * 3 // (5 * halving)), "--vae_learning_rate", f"{learning_rate / (4 * halving):g}"]
+
+
+def second_phase(flags: list[str], output: Path, seed: int, steps: int, learning_rate: float) -> list[str]:
+    """`all` runs the UNet stage twice, each phase under an hour on a 2-core CPU: from scratch, then on
+    from those weights with fresh scenes (the next seed), 4/5 of the steps and half the peak learning rate."""
+    return ["unet", "--init_from", _shown(output), *flags, "--seed", str(seed + 1),
+            "--unet_steps", str(steps * 4 // 5), "--learning_rate", f"{learning_rate / 2:g}"]
+
+
+def vae_stages(output: Path) -> list[dict]:
+    """The phases that made the VAE in ``output``'s stage folder, oldest first ([] before the first)."""
+    path = vae_stage_dir(output) / STAGES
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _vae_stage(output: Path, args: argparse.Namespace, command: str) -> None:
+    stage, done = vae_stage_dir(output), vae_stages(output)
+    if any(entry["command"] == command for entry in done):
+        print(f"the VAE in {stage} has had the phase `{command}` already; delete {stage / STAGES} to train it again")
+        return
+    if args.vae_continue and not done:
+        raise UsageError(f"no trained VAE in {stage} to continue: run `python -m helpers.pretrain vae` first")
+    report = train_vae(stage, args.vae_steps, args.vae_batch_size, args.seed, args.vae_learning_rate,
+                       args.vae_mse_weight, continued=args.vae_continue)
+    entry = {"stage": "VAE", "command": command, "report": report}
+    write_text_atomic(stage / STAGES, json.dumps((done if args.vae_continue else []) + [entry], indent=2))
+    print(json.dumps(report))
+
+
+def _holds(output: Path, prefix: list[dict], command: str) -> bool:
+    """Whether the pipeline in ``output`` was made on top of ``prefix`` (its VAE's phases) by a chain
+    of stages that includes ``command``."""
+    path = output / STAGES
+    if not path.exists():
+        return False
+    held = json.loads(path.read_text())
+    return held[:len(prefix)] == prefix and any(entry["command"] == command for entry in held[len(prefix):])
 
 
 def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
-    stage = vae_stage_dir(output)
+    stage, prefix = vae_stage_dir(output), vae_stages(output)
+    if not prefix:
+        raise UsageError(f"no trained VAE in {stage}: run `python -m helpers.pretrain vae` first")
     if args.init_from is not None:
         stages = json.loads((args.init_from / STAGES).read_text())
-    elif (stage / "report.json").exists():
-        vae_report = json.loads((stage / "report.json").read_text())
-        stages = [{"stage": "VAE", "command": vae_report.pop("command"), "report": vae_report}]
+        if stages[:len(prefix)] != prefix:
+            raise UsageError(f"{args.init_from} was trained on another VAE than {stage}'s: train its UNet stage "
+                             "from scratch first (python -m helpers.pretrain unet)")
     else:
-        raise UsageError(f"no trained VAE in {stage}: run `python -m helpers.pretrain vae` first")
+        stages = list(prefix)
+    if _holds(output, prefix, command):
+        print(f"{output} already holds the stage `{command}` on this VAE; delete {output / STAGES} to train it again")
+        return
     report, build = train_unet(output, stage, args.unet_steps, args.unet_batch_size, args.seed, args.dataset_size,
                                args.learning_rate, init_from=args.init_from)
     stages.append({"stage": "text encoder + UNet", "command": command, "report": report})
     write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
     write_text_atomic(build / "README.md", _model_card(stages))
     replace_dir_atomic(build, output)
+    shutil.rmtree(unet_stage_dir(output), ignore_errors=True)  # its cached dataset
     print(json.dumps(report))
 
 
@@ -285,23 +388,51 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
     configure_cpu()
-    command = "python -m helpers.pretrain " + " ".join(shlex.quote(a) for a in argv)
+    command = _command(argv)
     if args.stage == "judge":
         _judge_stage(args.output or DATA / "toy-judge", args.vae, args, command)
         return
     output = (args.output or DATA / "toy-sd").resolve()
-    if args.stage in ("vae", "all"):
-        stage = vae_stage_dir(output)
-        vae_report = train_vae(stage, args.vae_steps, args.vae_batch_size, args.seed, args.vae_learning_rate)
-        write_text_atomic(stage / "report.json", json.dumps(vae_report | {"command": command}))
-        print(json.dumps(vae_report))
+    if args.stage == "vae":
+        _vae_stage(output, args, command)
     if args.stage == "unet":
         _unet_stage(output, args, command)
-    if args.stage == "all":
-        _judge_stage(DATA / "toy-judge", vae_stage_dir(output), args, command)
-        _unet_stage(output, _parse(["unet"]), "python -m helpers.pretrain unet")
-        second = ["unet", "--init_from", str(output)] + SECOND_PHASE
-        _unet_stage(output, _parse(second), "python -m helpers.pretrain " + " ".join(second))
+    if args.stage == "all":  # each stage skips itself once done, so `all` started again goes on where it stopped
+        for stage_argv in _all_stages([a for a in argv if a != "all"], output, args):
+            stage_args = _parse(stage_argv)
+            {"vae": _vae_stage, "unet": _unet_stage}[stage_args.stage](output, stage_args, _command(stage_argv))
+        judge_argv = _judge_argv(output, args)
+        judge_args = _parse(judge_argv)
+        _judge_stage(judge_args.output or DATA / "toy-judge", judge_args.vae, judge_args, _command(judge_argv))
+
+
+def _all_stages(flags: list[str], output: Path, args: argparse.Namespace) -> list[list[str]]:
+    """The commands `all` stands for, each as it would be typed (and as the model card records it)."""
+    continuations = [vae_continuation(flags, phase, args.seed, args.vae_steps, args.vae_learning_rate)
+                     for phase in range(1, VAE_CONTINUATIONS + 1)]
+    return [["vae", *flags], *continuations, ["unet", *flags], second_phase(flags, output, args.seed, args.unet_steps, args.learning_rate)]
+
+
+def _judge_argv(output: Path, args: argparse.Namespace) -> list[str]:
+    """The judge after `all`: next to the model, reading its VAE; only the flags that differ are written."""
+    argv = ["judge"]
+    if output != DATA / "toy-sd":
+        argv += ["--output", _shown(output.with_name("toy-judge")), "--vae", _shown(output / "vae")]
+    for flag, value, default in (("--judge_steps", args.judge_steps, 1200), ("--seed", args.seed, 0)):
+        argv += [flag, str(value)] if value != default else []
+    return argv
+
+
+def _command(argv: list[str]) -> str:
+    return "python -m helpers.pretrain " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a command line would write it: relative to the working folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ class PriorSettings:
                    resolution=profile.resolution)
 
 
+def class_data_dir(outputs: str | Path, profile: str, class_prompt: str, seed: int = 0) -> Path:
+    """Where the notebooks keep the class images of one prompt and seed. The trainer draws them with
+    its own seed, so fine-tunes over several seeds need a folder each: sharing one, every change of
+    seed would find the other seed's images and draw them all again."""
+    name = class_prompt.replace(" ", "_")
+    return Path(outputs) / "class_images" / profile / (name if seed == 0 else f"{name}-seed{seed}")
+
+
 def read_manifest(folder: Path) -> dict | None:
     try:
         return json.loads((folder / MANIFEST).read_text())

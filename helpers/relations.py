@@ -45,16 +45,10 @@ class RelationSample:
     second: Instance
 
 
-def _noun_phrase(inst: Instance) -> str:
-    words = f"{inst.colour} {inst.cls}"
-    if inst.cls.endswith("s"):  # "blue sunglasses", not "a blue sunglasses"
-        return words
-    return ("an " if words[0] in "aeiou" else "a ") + words
-
-
 def relation_prompt(first: Instance, relation: str, second: Instance) -> str:
     """"a red dog to the left of a blue cup"."""
-    return f"{_noun_phrase(first)} {PHRASES[relation]} {_noun_phrase(second)}"
+    return (f"{toyworld.noun_phrase(first.cls, first.colour)} {PHRASES[relation]} "
+            f"{toyworld.noun_phrase(second.cls, second.colour)}")
 
 
 def relation_sample(seed: int, pairs: list[tuple[str, str]] | None = None) -> RelationSample:

@@ -20,7 +20,14 @@ def configure_cpu() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*kernels-community.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.formatwarning = one_line_warning
     quiet_loading()
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as "UserWarning: message": the file, line and source line a warning normally shows
+    point into the helpers, not at the learner's cell or command."""
+    return f"{category.__name__}: {message}\n"
 
 
 def quiet_loading() -> None:

@@ -528,6 +528,17 @@ def emblem_box(placed: Placed, size: int, margin: float = 1.5) -> tuple[int, int
 
 # --------------------------------------------------------------------------- prompts
 
+def noun_phrase(cls: str, colour: str | None = None) -> str:
+    """"an orange car", "pink sunglasses": the article English wants (none for a plural)."""
+    words = " ".join(w for w in (colour, cls) if w)
+    return words if cls.endswith("s") else ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def prompt_for(cls: str, colour: str | None = None, position: str | None = None) -> str:
+    """A prompt in the captions' style: "a photo of an orange car", "a photo of pink sunglasses on the left"."""
+    return f"a photo of {noun_phrase(cls, colour)}" + (f" {POSITION_PHRASES[position]}" if position else "")
+
+
 def parse_prompt(prompt: str) -> dict[str, str | None]:
     """The class, colour and position a toy prompt asks for (None where it does not say)."""
     words = prompt.lower().replace(",", " ").split()
@@ -564,6 +575,29 @@ SUBJECTS = {
 SUBJECT_VIEWS = {"toy_dog": 5, "toy_sunglasses": 6}
 
 
+def shrink(photo: Image.Image, size: int = 64) -> Image.Image:
+    """A 128 px original box-downsampled, as a learner shrinks real photos to the model's resolution."""
+    return photo.resize((size, size), Image.Resampling.BOX)
+
+
+def new_subject_photos(name: str, count: int, seed: int) -> list[Image.Image]:
+    """Photos of a committed subject in poses and scenes its committed photos do not show (``seed`` > 0),
+    made as those were: what a perfect DreamBooth sample of the subject would look like."""
+    return [shrink(v) for v in subject_views(SUBJECTS[name], count, seed=seed, size=128, detail=True)]
+
+
+def class_scenes(cls: str, count: int, seed: int) -> list[Scene]:
+    """Random instances of one class in random sizes, positions and backgrounds: what a class prompt
+    ("a photo of a dog") should draw."""
+    rng = random.Random(seed)
+    return [Scene((place(random_instance(rng, cls=cls), rng)[0],), rng.choice(BACKGROUNDS)) for _ in range(count)]
+
+
+def class_views(cls: str, count: int, seed: int) -> list[Image.Image]:
+    """Renders of `class_scenes`, to compare a class prompt's samples with."""
+    return [render(scene, seed=seed * 1000 + k) for k, scene in enumerate(class_scenes(cls, count, seed))]
+
+
 def write_subjects(folder: str | Path, seed: int = 0) -> list[Path]:
     """Render each toy subject's photos: ``folder/<name>/NN.png`` at 64 px (what DreamBooth trains on)
     and ``folder-128/<name>/NN.png`` at 128 px with the emblem (the originals, for super-resolution).
@@ -575,7 +609,7 @@ def write_subjects(folder: str | Path, seed: int = 0) -> list[Path]:
     written = []
     for name, instance in SUBJECTS.items():
         views = subject_views(instance, SUBJECT_VIEWS[name], seed=seed, size=128, detail=True)
-        for out, images in ((folder / name, [v.resize((64, 64), Image.Resampling.BOX) for v in views]),
+        for out, images in ((folder / name, [shrink(v) for v in views]),
                             (folder.with_name(f"{folder.name}-128") / name, views)):
             out.mkdir(parents=True, exist_ok=True)
             for k, img in enumerate(images):

@@ -49,7 +49,7 @@ def show_images(images: list[Image.Image], titles: list[str] | None = None, cols
     return fig
 
 
-def save_figure(fig, name: str) -> Path:
-    path = figures_dir() / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+def save_figure(fig, name: str) -> None:
+    """Save ``fig`` as ``<figures>/<name>.png``; returns nothing, so that a notebook cell ending in
+    this call shows the figure and no stray path."""
+    fig.savefig(figures_dir() / f"{name}.png", dpi=110, bbox_inches="tight")

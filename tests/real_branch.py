@@ -26,7 +26,8 @@ SIZES = {
     "01_add_noise_n_and_n-1": "",
     "02_denoising_loss": "NUM_TIMESTEPS, DRAWS = 4, 2",
     "03_generate_class_priors": 'NUM_CLASS_IMAGES["sd15"] = 2',
-    "04_dreambooth_8bit_adam": 'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2',
+    "04_dreambooth_8bit_adam": ('SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
+                                'SETTINGS["samples"]["sd15"] = 2'),
     "05_language_drift": ('SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
                           'SETTINGS["samples"]["sd15"] = 2'),
     "06_identifier_and_text_encoder": ('SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'

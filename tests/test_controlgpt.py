@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import control_data, controlgpt, relations, tikz
+from helpers import control_data, controlgpt, planner, relations, tikz
 from helpers.cli import UsageError
 from helpers.controlnet import held_out_samples, true_layout
 from helpers.controlnet_train import ControlNetConfig, train_controlnet
@@ -41,6 +41,9 @@ def test_compare_draws_the_same_prompts_three_ways(tiny_controlnet):
         assert len(outcome.images) == 2 and outcome.images[0].size == (64, 64)
         assert outcome.scores["prompts"] == 2
         assert 0 <= outcome.scores["relation_accuracy"] <= outcome.scores["object_accuracy"] <= 1
+        assert len(outcome.found) == 2
+    assert outcomes["plain"].plans is None
+    assert all(planner.follows_prompt(p.drawing, s.prompt) for p, s in zip(outcomes["controlgpt"].plans, samples))
 
 
 def test_evaluate_prints_one_json_object(tiny_controlnet, run_tool):

@@ -27,7 +27,7 @@ def test_untrained_controlnet_leaves_the_base_model_unchanged(toy_pipe):
     net = cn.build_controlnet(toy_pipe.unet, toy_pipe.vae_scale_factor)
     sketch = tikz.render(RuleBasedPlanner()("a red dog to the left of a blue cup"), size=64)
     cond = torch.from_numpy(np.asarray(sketch, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(1, toy_pipe.unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0))
     text = toy_pipe.text_encoder(toy_pipe.tokenizer(["a photo of a dog"], padding="max_length",
                                                     return_tensors="pt").input_ids)[0]
     with torch.no_grad():

@@ -34,6 +34,22 @@ def test_scores_count_presence_and_relation_like_visor():
     assert loc.score_relations(seen, samples) == {"object_accuracy": 2 / 3, "relation_accuracy": 1 / 3, "prompts": 3}
 
 
+def test_each_image_gets_one_outcome_that_says_why_it_failed():
+    sample = relations.RelationSample(None, "", "left", toyworld.Instance("dog", "red", "white", "plain"),
+                                      toyworld.Instance("cup", "blue", "white", "plain"))
+    dog, cup = loc.Found("dog", "red", (10, 30), 9), loc.Found("cup", "blue", (50, 30), 9)
+    cases = {
+        (dog, cup): "both, in relation",
+        (loc.Found("dog", "red", (60, 30), 9), cup): "both, relation wrong",
+        (dog, loc.Found("house", "blue", (50, 30), 9)): "one missing, another class in its place",
+        (dog,): "one missing, nothing in its place",
+        (): "both missing",
+    }
+    for objects, expected in cases.items():
+        assert loc.outcome(list(objects), sample) == expected
+    assert set(cases.values()) == set(loc.OUTCOMES)
+
+
 def test_committed_locator_reads_fresh_two_object_scenes():
     locator = loc.load_locator(DATA)
     samples = [relations.relation_sample(s) for s in range(9 * 10**8, 9 * 10**8 + 32)]

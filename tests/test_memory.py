@@ -9,10 +9,23 @@ from helpers.profiles import ROOT
 def test_terms_add_up_and_the_recipes_order_as_expected():
     rows = {r["recipe"]: r for r in memory.table()}
     for r in rows.values():
-        assert r["total"] == pytest.approx(sum(v for k, v in r.items() if k not in ("recipe", "total")), abs=0.05)
+        assert r["total"] == pytest.approx(sum(v for k, v in r.items() if k not in ("recipe", "total", "peak at")),
+                                           abs=0.05)
     assert rows["fp32, AdamW"]["total"] > 15 > rows["+ gradient checkpointing (T4 recipe)"]["total"]
     assert rows["+ 8-bit AdamW"]["total"] < rows["+ fp16 mixed precision"]["total"]
     assert rows["T4 recipe + text encoder"]["total"] > rows["+ gradient checkpointing (T4 recipe)"]["total"]
+
+
+def test_each_trick_moves_the_peak_to_the_moment_it_leaves_largest():
+    peaks = {r["recipe"]: r["peak at"] for r in memory.table()}
+    # 32-bit AdamW's step temporaries make the optimizer step the peak; 8-bit AdamW has none, so the
+    # forward pass's activations are; checkpointing shrinks those, and all gradients at once are.
+    assert peaks["fp32, AdamW"] == peaks["+ fp16 mixed precision"] == "optimizer step"
+    assert peaks["+ 8-bit AdamW"] == "end of forward"
+    assert peaks["+ gradient checkpointing (T4 recipe)"] == "end of backward"
+    moments, _ = memory._moments(memory.MemoryConfig(use_8bit_adam=False, gradient_checkpointing=False))
+    total = memory.estimate(memory.MemoryConfig(use_8bit_adam=False, gradient_checkpointing=False))
+    assert total["gradients"] + total["optimizer step temporaries"] == sum(moments["optimizer step"].values())
 
 
 def test_optimizer_state_bytes_per_parameter():

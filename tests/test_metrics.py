@@ -36,3 +36,28 @@ def test_prompt_fidelity_averages_named_attributes():
     assert only_class["prompt_fidelity"] == 0.75 and "colour_accuracy" not in only_class
     with pytest.raises(ValueError, match="names no toy class or colour"):
         metrics.prompt_fidelity(verdict, {"class": None, "colour": None})
+
+
+def _gaussian(n: int, mean: list[float], std: list[float], seed: int) -> torch.Tensor:
+    x = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = (x - x.mean(0)) / x.std(0)  # exact sample moments, so the closed form applies exactly
+    return x * torch.tensor(std, dtype=torch.float64) + torch.tensor(mean, dtype=torch.float64)
+
+
+def test_frechet_distance_of_independent_axes_is_the_closed_form():
+    # For diagonal covariances: sum over axes of (m_a - m_b)^2 + (s_a - s_b)^2.
+    a = _gaussian(4000, [0.0, 1.0], [1.0, 2.0], seed=0)
+    b = _gaussian(4000, [3.0, 1.0], [2.0, 2.0], seed=1)
+    # the sample axes are not exactly uncorrelated, so allow what 4000 samples leave
+    assert metrics.frechet_distance(a, b) == pytest.approx(3.0**2 + 1.0**2, abs=0.05)
+
+
+def test_frechet_distance_is_zero_for_one_set_and_symmetric():
+    a, b = torch.randn(64, 8), torch.randn(64, 8) + 0.5
+    assert abs(metrics.frechet_distance(a, a)) < 1e-6
+    assert metrics.frechet_distance(a, b) == pytest.approx(metrics.frechet_distance(b, a), rel=1e-6)
+
+
+def test_frechet_distance_needs_two_samples():
+    with pytest.raises(ValueError, match="at least two"):
+        metrics.frechet_distance(torch.randn(1, 4), torch.randn(5, 4))

@@ -21,6 +21,11 @@ def test_rule_based_layout_follows_the_relation(prompt, relation):
     (name1, (x1, y1)), (name2, (x2, y2)) = result.drawing.labels
     assert (name1, name2) == ("dog", "cup") and result.attempts == 1
     assert {"left": x1 < x2, "right": x1 > x2, "above": y1 > y2, "below": y1 < y2}[relation]
+    assert planner.follows_prompt(result.drawing, prompt)
+    words = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+    opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}[relation]
+    assert not planner.follows_prompt(result.drawing, prompt.replace(words[relation], words[opposite]))
+    assert not planner.follows_prompt(result.drawing, prompt.replace("blue cup", "blue house"))
     sketch = np.asarray(tikz.render(result.drawing, size=64, labels="none"))
     px = lambda x, y: tuple(sketch[round((1 - y / 10) * 64), round(x / 10 * 64)])  # noqa: E731
     assert px(x1, y1) == tikz.COLOURS["red"] and px(x2, y2) == tikz.COLOURS["blue"]

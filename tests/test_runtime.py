@@ -34,3 +34,21 @@ def test_native_resolution_is_the_latent_size_times_the_vae_factor(sd_folders):
     assert native_resolution(str(sd_folders.fp16), 512) == 64  # 8 x 8 latents, an 8x VAE
     assert native_resolution(TOY.model, 512) == 64              # 16 x 16 latents, a 4x VAE
     assert native_resolution(SD15.model, 512) == 512            # a hub id: the profile's value
+
+
+def test_warnings_print_as_one_line_without_the_helpers_source():
+    import warnings
+
+    from helpers.runtime import one_line_warning
+
+    text = one_line_warning(UserWarning("identifier 'blue' is a common token"), UserWarning, "/x/train.py", 147,
+                            "self._load_models()")
+    assert text == "UserWarning: identifier 'blue' is a common token\n"
+    saved = warnings.formatwarning
+    try:
+        from helpers.runtime import configure_cpu
+
+        configure_cpu()
+        assert warnings.formatwarning is one_line_warning
+    finally:
+        warnings.formatwarning = saved

@@ -140,3 +140,35 @@ def test_committed_subject_photos_are_the_downsampled_originals():
             small = Image.open(data / "subjects" / name / f"{k:02d}.png").convert("RGB")
             assert np.array_equal(np.asarray(committed), np.asarray(original))
             assert np.array_equal(np.asarray(small), np.asarray(original.resize((64, 64), Image.Resampling.BOX)))
+
+
+def test_new_subject_photos_show_the_subject_in_poses_its_photos_do_not():
+    from pathlib import Path
+
+    from PIL import Image
+
+    data = Path(__file__).resolve().parent.parent / "data" / "subjects" / "toy_dog"
+    committed = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(data.glob("*.png"))]
+    fresh = tw.new_subject_photos("toy_dog", 4, seed=3)
+    assert [im.size for im in fresh] == [(64, 64)] * 4
+    assert not any(np.array_equal(np.asarray(f), c) for f in fresh for c in committed)
+    assert np.array_equal(np.asarray(tw.new_subject_photos("toy_dog", 1, seed=0)[0]), committed[0])
+
+
+def test_class_views_draw_only_that_class_in_varied_colours_and_places():
+    scenes = tw.class_scenes("cup", 40, seed=2)
+    assert {sc.objects[0].instance.cls for sc in scenes} == {"cup"}
+    assert len({sc.objects[0].instance.colour for sc in scenes}) >= 6
+    assert len({sc.background for sc in scenes}) == len(tw.BACKGROUNDS)
+    views = tw.class_views("cup", 3, seed=2)
+    assert np.array_equal(np.asarray(views[1]), np.asarray(tw.render(scenes[1], seed=2001)))
+
+
+def test_prompts_take_the_article_english_wants_and_parse_back():
+    assert tw.prompt_for("car", "orange") == "a photo of an orange car"
+    assert tw.prompt_for("sunglasses", "pink", "left") == "a photo of pink sunglasses on the left"
+    assert tw.prompt_for("dog") == "a photo of a dog"
+    for cls in tw.CLASSES:
+        for colour in tw.COLOUR_NAMES:
+            wanted = {"class": cls, "colour": colour, "position": "right"}
+            assert tw.parse_prompt(tw.prompt_for(cls, colour, "right")) == wanted

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from helpers import train as train_mod
 from helpers.cli import UsageError
 from helpers.optim import make_optimizer, optimizer_state_bytes
-from helpers.priors import PriorSettings, cache_status, class_images
+from helpers.priors import PriorSettings, cache_status, class_data_dir, class_images
 from helpers.profiles import ROOT, TOY_MODEL
 from helpers.train import TrainConfig, Trainer, train
 from helpers.training_loop import checkpoints, resolve_resume
@@ -157,6 +157,12 @@ def test_class_image_cache_is_reused_only_for_the_same_settings(tmp_path, toy_pi
     assert third["reused"] is False and len(calls) == 2
     (folder / "00001.png").unlink()
     assert cache_status(folder, changed) == "files missing"
+
+
+def test_each_seed_keeps_its_class_images_in_a_folder_of_its_own(tmp_path):
+    seed0, seed1 = (class_data_dir(tmp_path, "toy", "a photo of dog", seed) for seed in (0, 1))
+    assert seed0 == tmp_path / "class_images" / "toy" / "a_photo_of_dog"  # notebook 03's, where notebook 04 looks
+    assert seed1 == tmp_path / "class_images" / "toy" / "a_photo_of_dog-seed1" and seed1 != seed0
 
 
 def test_two_processes_end_identical_and_only_rank_0_writes(tmp_path):
