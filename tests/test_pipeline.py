@@ -18,7 +18,7 @@ def test_loads_with_the_network_off(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["StableDiffusionPipeline", "16", "4"]
+    assert out.stdout.split() == ["StableDiffusionPipeline", "16", "8"]
 
 
 def test_is_made_of_the_real_parts_and_stays_small(toy_pipe):
