@@ -4,12 +4,11 @@
 
 For each seed, two toy DreamBooth runs that differ only in --with_prior_preservation (both train the
 text encoder too, as notebooks 04 and 05 do on the toy: its frozen encoder barely tells "sks dog"
-from "dog"), then
-subject fidelity, prompt fidelity, PRES and DIV of each (helpers.evaluate.evaluate_model). Prints
-every run, a table of mean and standard deviation over seeds, the subject-fidelity ceiling (new
-photos of the subject, raw and through the VAE) with each mean as a share of it, and, per seed,
-whether the drift goes the way the paper's ablation does: with prior preservation PRES lower and
-DIV higher than without, subject fidelity within 10%.
+from "dog"), then subject fidelity, prompt fidelity, PRES and DIV of each
+(helpers.evaluate.evaluate_model). Prints every run, a table of mean and standard deviation over
+seeds, the subject-fidelity ceiling (new photos of the subject, raw and through the VAE) with each
+mean as a share of it, and, per seed, whether the drift goes the way the paper's ablation does: with
+prior preservation PRES lower and DIV higher than without, subject fidelity within 10%.
 """
 
 from __future__ import annotations
