@@ -32,10 +32,9 @@ def _temp_beside(path: Path) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    _replace(Path(tmp), path)
+    tmp = _temp_beside(path)
+    tmp.write_text(text, encoding="utf-8")
+    _replace(tmp, path)
 
 
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
