@@ -87,3 +87,32 @@ def eps_to_mean_weight(t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """w_t with ||mu(x_t, eps) - mu(x_t, eps_hat)||^2 = w_t ||eps - eps_hat||^2: beta_t^2 / (alpha_t (1 - alpha_bar_t))."""
     ab_t, _, alpha_t = _step(t, alphas_cumprod)
     return (1 - alpha_t) ** 2 / (alpha_t * (1 - ab_t))
+
+
+def predicted_noise(model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor | int,
+                    alphas_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The noise a model's output stands for: the output itself for epsilon prediction; for
+    v-prediction (v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0), sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t,
+    as diffusers' DDIM step computes it. Lets the same noise-error lessons run on either kind of model."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type != "v_prediction":
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected 'epsilon' or 'v_prediction'")
+    ab = _at(alphas_cumprod, t, xt)
+    return ab.sqrt() * model_output + (1 - ab).sqrt() * xt
+
+
+def last_step_trace(x0: torch.Tensor, alphas_cumprod: torch.Tensor, draws: int, generator: torch.Generator,
+                    cells: int = 4) -> torch.Tensor:
+    """Correlation between the ``cells`` x ``cells`` cell averages of the last step's x_T and of x_0,
+    one value per noise draw: how much of an image's layout a schedule's last step still gives away.
+
+    Sampling starts from pure noise, which gives away nothing; a schedule whose last step does
+    (SD 1.x's) teaches a model to take a layout from the noise rather than from the prompt."""
+    last = len(alphas_cumprod) - 1
+    ref = torch.nn.functional.adaptive_avg_pool2d(x0.float(), cells).flatten()
+    out = []
+    for _ in range(draws):
+        xt = add_noise(x0.float(), torch.randn(x0.shape, generator=generator).to(x0.device), last, alphas_cumprod)
+        out.append(torch.corrcoef(torch.stack([torch.nn.functional.adaptive_avg_pool2d(xt, cells).flatten(), ref]))[0, 1])
+    return torch.stack(out)

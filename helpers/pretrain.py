@@ -7,10 +7,11 @@
 
 The model's stages run in the order SD itself was built: an autoencoder first (so that diffusion
 happens in a small latent space), then the text encoder and UNet together on (latent, caption)
-pairs with the usual epsilon-prediction loss. The judge needs only the autoencoder (it learns to
-read images as they come out of it). Every stage is seeded and resumable (``helpers.stage_state``):
-killed and started again with the same command, it goes on from its last saved state, and a stage
-that is finished is skipped, so `all` started again goes on where it stopped. The model card
+pairs, first with SD 1.x's epsilon objective, then with v-prediction on a zero-terminal-SNR schedule
+(``helpers.toymodel`` says why). The judge needs only the autoencoder (it learns to read images as
+they come out of it). Every stage is seeded and resumable (``helpers.stage_state``): killed and
+started again with the same command, it goes on from its last saved state, and a stage that is
+finished is skipped, so `all` started again goes on where it stopped. The model card
 written next to the weights records the exact command, seeds, steps and wall time of each stage.
 """
 
@@ -41,6 +42,7 @@ from helpers.cli import UsageError, run_main
 from helpers.losses import snr_weights
 from helpers.runtime import configure_cpu
 from helpers.stage_state import StageState
+from helpers.training_loop import denoising_target
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STAGES = "stages.json"  # every stage that produced the weights: command, seed, steps, time
@@ -54,7 +56,7 @@ def _render_batch(seeds: range, names: dict) -> torch.Tensor:
     return judge_mod.to_tensor(images)
 
 
-def _one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _one_cycle(opt: torch.optim.Optimizer, lr: float | list[float], steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05,
                                                anneal_strategy="cos", div_factor=10, final_div_factor=20)
 
@@ -173,11 +175,51 @@ def cached_dataset(work: Path, vae: AutoencoderKL, count: int, seed: int) -> tup
     return latents, captions
 
 
+LAYOUT_PHRASES = tuple(toyworld.POSITION_PHRASES.values())
+LAYOUT_FROM_TIMESTEP = 800  # a layout batch's timesteps: the fifth of the schedule where the layout is decided
+
+
+def layout_indices(captions: list[str]) -> list[int]:
+    """The scenes whose caption says where the object is ("on the left"): what a layout batch draws from."""
+    return [i for i, caption in enumerate(captions) if any(p in caption for p in LAYOUT_PHRASES)]
+
+
+def draw_batch(rng: random.Random, size: int, batch_size: int, layout: list[int],
+               layout_fraction: float) -> tuple[torch.Tensor, int]:
+    """Indices of one batch, and how many at its end are a layout batch (drawn from ``layout``)."""
+    n_layout = round(batch_size * layout_fraction)
+    return torch.tensor(rng.sample(range(size), batch_size - n_layout) + rng.choices(layout, k=n_layout)), n_layout
+
+
+def draw_timesteps(batch_size: int, n_layout: int, num_train_timesteps: int) -> torch.Tensor:
+    """Uniform timesteps, except the last ``n_layout``: those from the highest noise levels only."""
+    t = torch.randint(0, num_train_timesteps, (batch_size,))
+    if n_layout:
+        t[batch_size - n_layout:] = torch.randint(LAYOUT_FROM_TIMESTEP, num_train_timesteps, (n_layout,))
+    return t
+
+
+def unet_loss(pred: torch.Tensor, noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+              snr_gamma: float = 5.0) -> torch.Tensor:
+    """Epsilon prediction with min-SNR weighting, as SD 1.x was trained; v-prediction with the plain MSE
+    (min-SNR would weight the highest noise levels, where a layout is decided, by their SNR: zero)."""
+    target = denoising_target(noise_scheduler, x0, noise, t)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return F.mse_loss(pred, target)
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * snr_weights(noise_scheduler, t, snr_gamma)).mean()
+
+
 def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int, dataset_size: int, lr: float,
-               init_from: Path | None = None, cfg_dropout: float = 0.1,
-               snr_gamma: float = 5.0) -> tuple[dict, Path]:
-    """Train text encoder and UNet jointly on cached latents, epsilon prediction, min-SNR weighting;
-    from scratch, or on from the weights of ``init_from`` (a second phase, on fresh scenes).
+               init_from: Path | None = None, prediction_type: str = "epsilon", layout_fraction: float = 0.0,
+               text_encoder_lr: float | None = None, weight_decay: float = 1e-2,
+               cfg_dropout: float = 0.1) -> tuple[dict, Path]:
+    """Train text encoder and UNet jointly on cached latents; from scratch, or on from the weights of
+    ``init_from`` (a later phase, on fresh scenes). ``prediction_type`` picks the schedule and target
+    (``toymodel.SCHEDULES``); ``layout_fraction`` of every batch is a layout batch: scenes whose
+    caption names the object's place, at the highest noise levels only. A uniform batch puts a fifth
+    of its steps there and names a place in two captions of five; the words "left" and "right" then
+    steer too little of the loss for the text encoder to keep them apart.
     Resumable: a killed run started again with the same command goes on from its last state."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -186,6 +228,10 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
     vae = AutoencoderKL.from_pretrained(stage).eval()
     started, work = time.time(), unet_stage_dir(output)
     latents, captions = cached_dataset(work, vae, dataset_size, seed)
+    layout = layout_indices(captions)
+    if layout_fraction and not layout:
+        raise UsageError(f"none of the {len(captions)} captions names a place, so there is no layout batch to draw: "
+                         "raise --dataset_size")
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
@@ -195,29 +241,31 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
     else:
         text_encoder = CLIPTextModel.from_pretrained(init_from, subfolder="text_encoder")
         unet = UNet2DConditionModel.from_pretrained(init_from, subfolder="unet")
-    noise_scheduler = toymodel.train_scheduler()
+    noise_scheduler = toymodel.train_scheduler(prediction_type)
     params = list(text_encoder.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = _one_cycle(opt, lr, steps)
+    text_encoder_lr = text_encoder_lr or lr
+    opt = torch.optim.AdamW([{"params": list(text_encoder.parameters()), "lr": text_encoder_lr},
+                             {"params": list(unet.parameters()), "lr": lr}], lr=lr, weight_decay=weight_decay)
+    sched = _one_cycle(opt, [text_encoder_lr, lr], steps)
     ema = EMAModel(params, decay=0.999, foreach=True)
     settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "dataset_size": dataset_size,
-                "learning_rate": lr, "init_from": str(init_from) if init_from else None,
+                "learning_rate": lr, "text_encoder_lr": text_encoder_lr, "weight_decay": weight_decay,
+                "prediction_type": prediction_type, "layout_fraction": layout_fraction,
+                "init_from": str(init_from) if init_from else None,
                 "vae_scaling_factor": vae.config.scaling_factor}
     state = StageState(work, settings, {"text_encoder": text_encoder, "unet": unet, "optimizer": opt,
                                         "schedule": sched, "ema": ema}, rng=rng, started=started,
                        every_seconds=SAVE_EVERY_SECONDS)
     for step in (bar := tqdm(range(state.resume(), steps), desc="text encoder + unet", initial=state.step,
                              total=steps)):
-        idx = torch.tensor(rng.sample(range(len(latents)), batch_size))
+        idx, n_layout = draw_batch(rng, len(latents), batch_size, layout, layout_fraction)
         batch_ids = ids[idx].clone()
         batch_ids[torch.rand(batch_size) < cfg_dropout] = empty[0]
         x0 = latents[idx]
         noise = torch.randn_like(x0)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,))
+        t = draw_timesteps(batch_size, n_layout, noise_scheduler.config.num_train_timesteps)
         xt = noise_scheduler.add_noise(x0, noise, t)
-        pred = unet(xt, t, text_encoder(batch_ids)[0]).sample
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * snr_weights(noise_scheduler, t, snr_gamma)).mean()
+        loss = unet_loss(unet(xt, t, text_encoder(batch_ids)[0]).sample, noise_scheduler, x0, noise, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -229,7 +277,7 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
             bar.set_postfix(loss=f"{loss.item():.4f}")
     ema.copy_to(params)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=toymodel.sample_scheduler(), safety_checker=None,
+                                   scheduler=toymodel.sample_scheduler(prediction_type), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     build = output.with_name(f".{output.name}.build")
     pipe.save_pretrained(build, safe_serialization=True)
@@ -247,7 +295,11 @@ def _stage_row(entry: dict) -> str:
                  f"held-out PSNR {r['held_out_psnr_db']} dB, scaling factor {r['scaling_factor']}"
                  f"{', continued from the row above' if r['continued'] else ''}")
     else:
-        notes = (f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']}, min-SNR 5, "
+        loss = ("v-prediction MSE on the zero-SNR schedule" if r["prediction_type"] == "v_prediction"
+                else "epsilon prediction, min-SNR 5")
+        layout = f", {r['layout_fraction']:.0%} layout batches" if r["layout_fraction"] else ""
+        notes = (f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']} "
+                 f"(text encoder {r['text_encoder_lr']}), weight decay {r['weight_decay']:g}, {loss}{layout}, "
                  f"EMA 0.999, 10% empty captions{', continued from the row above' if r.get('init_from') else ''}")
     return (f"| {entry['stage']} | `{entry['command']}` | {r['steps']} | {r['batch_size']} | {r['seed']} | "
             f"{r['seconds']} s | {notes} |")
@@ -264,7 +316,8 @@ tags: [stable-diffusion, toy, education]
 # Toy Stable Diffusion (64x64, CPU)
 
 A real `StableDiffusionPipeline` (CLIPTokenizer with a toy-world BPE vocabulary, CLIPTextModel,
-AutoencoderKL 64x64 -> {toymodel.LATENT_CHANNELS}x16x16, UNet2DConditionModel, DDIM sampling with SD 1.x's noise schedule)
+AutoencoderKL 64x64 -> {toymodel.LATENT_CHANNELS}x16x16, UNet2DConditionModel, DDIM sampling with SD 1.x's betas
+rescaled to zero terminal SNR, v-prediction)
 pretrained from scratch on the course's procedural toy world. It exists so that every lesson,
 DreamBooth included, runs on a laptop CPU and in CI without a network.
 
@@ -302,6 +355,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--init_from", type=Path, default=None,
                         help="unet stage: continue from this pipeline's text encoder and UNet")
+    parser.add_argument("--prediction_type", choices=tuple(toymodel.SCHEDULES), default="epsilon",
+                        help="unet stage: epsilon on SD 1.x's schedule, or v on it rescaled to zero terminal SNR")
+    parser.add_argument("--layout_fraction", type=float, default=0.0,
+                        help="unet stage: share of each batch drawn from captions that name a place, at high noise")
+    parser.add_argument("--text_encoder_lr", type=float, default=None,
+                        help="unet stage: the text encoder's peak learning rate (default: --learning_rate)")
+    parser.add_argument("--weight_decay", type=float, default=1e-2)
     return parser.parse_args(argv)
 
 
@@ -319,10 +379,16 @@ def vae_continuation(flags: list[str], phase: int, seed: int, steps: int, learni
 
 
 def second_phase(flags: list[str], output: Path, seed: int, steps: int, learning_rate: float) -> list[str]:
-    """`all` runs the UNet stage twice, each phase under an hour on a 2-core CPU: from scratch, then on
-    from those weights with fresh scenes (the next seed), 4/5 of the steps and half the peak learning rate."""
+    """`all` runs the UNet stage twice, each phase under an hour on a 2-core CPU: from scratch with SD
+    1.x's epsilon objective, then on from those weights with fresh scenes (the next seed), 4/5 of the
+    steps, v-prediction on the zero-SNR schedule and half of every batch a layout batch
+    (``train_unet``). The text encoder keeps the first phase's peak learning rate, the UNet takes
+    3/10 of it, and nothing decays the weights: the text encoder relearns words the first phase let
+    collapse together ("left" and "right"), the UNet only adapts to its new target."""
     return ["unet", "--init_from", _shown(output), *flags, "--seed", str(seed + 1),
-            "--unet_steps", str(steps * 4 // 5), "--learning_rate", f"{learning_rate / 2:g}"]
+            "--unet_steps", str(steps * 4 // 5), "--learning_rate", f"{learning_rate * 3 / 10:g}",
+            "--text_encoder_lr", f"{learning_rate:g}", "--weight_decay", "0",
+            "--prediction_type", "v_prediction", "--layout_fraction", "0.5"]
 
 
 def vae_stages(output: Path) -> list[dict]:
@@ -370,7 +436,9 @@ def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
         print(f"{output} already holds the stage `{command}` on this VAE; delete {output / STAGES} to train it again")
         return
     report, build = train_unet(output, stage, args.unet_steps, args.unet_batch_size, args.seed, args.dataset_size,
-                               args.learning_rate, init_from=args.init_from)
+                               args.learning_rate, init_from=args.init_from, prediction_type=args.prediction_type,
+                               layout_fraction=args.layout_fraction, text_encoder_lr=args.text_encoder_lr,
+                               weight_decay=args.weight_decay)
     stages.append({"stage": "text encoder + UNet", "command": command, "report": report})
     write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
     write_text_atomic(build / "README.md", _model_card(stages))

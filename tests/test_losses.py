@@ -3,12 +3,12 @@ import torch
 from diffusers import DDPMScheduler
 
 from helpers.losses import dreambooth_loss, snr, snr_weights
-from helpers.toymodel import SCHEDULE
+from helpers.toymodel import SD1X_SCHEDULE
 
 
 @pytest.fixture(scope="module")
 def sched():
-    return DDPMScheduler(**SCHEDULE)
+    return DDPMScheduler(**SD1X_SCHEDULE)
 
 
 def test_min_snr_weights_follow_the_formula(sched):
@@ -17,7 +17,7 @@ def test_min_snr_weights_follow_the_formula(sched):
     assert torch.allclose(snr(sched, t), s)
     assert torch.allclose(snr_weights(sched, t, 5.0), torch.minimum(s, torch.tensor(5.0)) / s)
     assert torch.equal(snr_weights(sched, t, None), torch.ones(4))
-    v = DDPMScheduler(**{**SCHEDULE, "prediction_type": "v_prediction"})
+    v = DDPMScheduler(**{**SD1X_SCHEDULE, "prediction_type": "v_prediction"})
     assert torch.allclose(snr_weights(v, t, 5.0), torch.minimum(s, torch.tensor(5.0)) / (s + 1))
 
 

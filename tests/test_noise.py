@@ -3,12 +3,13 @@ import torch
 from diffusers import DDPMScheduler
 
 from helpers import noise
-from helpers.toymodel import SCHEDULE
+from helpers.toymodel import SCHEDULE, SD1X_SCHEDULE
 
 
 @pytest.fixture(scope="module")
 def sched():
-    return DDPMScheduler(**SCHEDULE)
+    """SD 1.x's schedule: the epsilon formulas below divide by alpha_t, which is 0 at a zero-SNR last step."""
+    return DDPMScheduler(**SD1X_SCHEDULE)
 
 
 def test_closed_form_equals_diffusers_add_noise(sched):
@@ -60,3 +61,29 @@ def test_offset_noise_adds_one_constant_per_image_and_channel():
     # a 16x16 channel's mean has std 1/16 in plain noise; with the offset, sqrt(1/256 + 0.5^2)
     assert plain.mean(dim=(2, 3)).std().item() == pytest.approx(1 / 16, rel=0.05)
     assert shifted.mean(dim=(2, 3)).std().item() == pytest.approx((1 / 256 + 0.25) ** 0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predicted_noise_recovers_the_noise_from_either_target(prediction_type):
+    sched = DDPMScheduler(**{**SCHEDULE, "prediction_type": prediction_type})
+    torch.manual_seed(4)
+    x0, eps = torch.randn(4, 8, 6, 6), torch.randn(4, 8, 6, 6)
+    t = torch.tensor([0, 300, 998, 999])  # 999: the zero-SNR step, where x_t is the noise itself
+    xt = sched.add_noise(x0, eps, t)
+    target = sched.get_velocity(x0, eps, t) if prediction_type == "v_prediction" else eps
+    got = noise.predicted_noise(target, xt, t, sched.alphas_cumprod, prediction_type)
+    assert torch.allclose(got, eps, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown prediction_type 'sample'"):
+        noise.predicted_noise(target, xt, t, sched.alphas_cumprod, "sample")
+
+
+def test_last_step_trace_is_zero_at_zero_terminal_snr_and_not_under_sd1x():
+    x0 = torch.zeros(1, 4, 16, 16)
+    x0[..., :8] = 2.0  # a bright left half: a layout
+    sd1x = DDPMScheduler(**SD1X_SCHEDULE).alphas_cumprod
+    zero = DDPMScheduler(**SCHEDULE).alphas_cumprod
+    assert zero[-1] == 0 and sd1x[-1] > 0.004
+    kept = noise.last_step_trace(x0, sd1x, 200, torch.Generator().manual_seed(5))
+    gone = noise.last_step_trace(x0, zero, 200, torch.Generator().manual_seed(5))
+    assert kept.shape == (200,) and kept.mean() > 0.15
+    assert abs(gone.mean()) < 0.03
