@@ -81,7 +81,10 @@ def test_the_loss_is_the_frozen_unets_denoising_loss_with_residuals(data_dir, tm
     noisy = trainer.noise_scheduler.add_noise(latents, noise, t)
     down, mid = trainer.controlnet(noisy, t, emb, controlnet_cond=cond, return_dict=False)
     pred = trainer.unet(noisy, t, emb, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-    assert torch.allclose(loss, ((pred - noise) ** 2).mean(), atol=1e-6)
+    a = trainer.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = a.sqrt() * noise - (1 - a).sqrt() * latents  # the toy model predicts v
+    assert trainer.noise_scheduler.config.prediction_type == "v_prediction"
+    assert torch.allclose(loss, ((pred - v) ** 2).mean(), atol=1e-6)
     assert cond.min() >= 0 and cond.max() <= 1 and cond.shape[-1] == 64  # the pipeline's [0, 1] convention
 
 
