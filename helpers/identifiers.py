@@ -70,8 +70,13 @@ def candidate_tokens(tokenizer, max_chars: int = 3, band: tuple[float, float] = 
 @torch.no_grad()
 def prior_shift(text_encoder, tokenizer, words: list[str], class_noun: str) -> list[float]:
     """How much each word already means to the text encoder: the cosine distance between the pooled
-    embeddings of "a photo of WORD NOUN" and "a photo of NOUN" (0: the word changes nothing)."""
-    prompts = [f"a photo of {class_noun}"] + [f"a photo of {w} {class_noun}" for w in words]
+    embeddings of "a photo of WORD NOUN" and "a photo of the NOUN" (0: no more than "the").
+
+    The reference holds a filler word in the same place so that both prompts have the same length:
+    the pooled embedding is read at the end-of-text token, whose position moves with the length, and
+    a text encoder trained on captions of many lengths tells them apart even when the word is empty
+    of meaning."""
+    prompts = [f"a photo of the {class_noun}"] + [f"a photo of {w} {class_noun}" for w in words]
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(text_encoder.device)
     pooled = text_encoder(ids).pooler_output.float()
