@@ -29,36 +29,34 @@ def run_main(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
-def dataclass_parser(config: type, prog: str, description: str, helps: dict[str, str]) -> argparse.ArgumentParser:
+def dataclass_parser(config: type, prog: str, description: str) -> argparse.ArgumentParser:
     """One ``--flag`` per field of a settings dataclass, so the flags and the Python API never drift apart.
 
     A field without a default is a required flag; a bool is a switch, except ``progress`` which
-    becomes ``--no_progress``.
+    becomes ``--no_progress``; a field's ``help`` metadata is its flag's help.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for f in dataclasses.fields(config):
-        flag = f"--{f.name}"
+        flag, help = f"--{f.name}", f.metadata.get("help")
         required = f.default is dataclasses.MISSING
         if f.type in ("bool", bool):
             if f.name == "progress":
                 parser.add_argument("--no_progress", dest="progress", action="store_false", help="hide progress bars")
             else:
-                parser.add_argument(flag, action="store_true", help=helps.get(f.name))
+                parser.add_argument(flag, action="store_true", help=help)
             continue
         kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-        parser.add_argument(flag, type=kind, required=required, default=None if required else f.default,
-                            help=helps.get(f.name))
+        parser.add_argument(flag, type=kind, required=required, default=None if required else f.default, help=help)
     return parser
 
 
-def train_main(config: type, train: Callable, prog: str, description: str, helps: dict[str, str],
-               argv: list[str] | None = None) -> None:
+def train_main(config: type, train: Callable, prog: str, description: str, argv: list[str] | None = None) -> None:
     """A trainer's command line: flags from its settings dataclass, then the result as JSON (no loss history)."""
     import json
 
     from helpers.runtime import configure_cpu
 
-    settings = config(**vars(dataclass_parser(config, prog, description, helps).parse_args(argv)))
+    settings = config(**vars(dataclass_parser(config, prog, description).parse_args(argv)))
     configure_cpu()
     result = train(settings)
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}

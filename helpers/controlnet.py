@@ -164,29 +164,12 @@ def sudden_convergence(curve: list[dict], key: str = "relation_accuracy") -> dic
     return {"step": b["step"], "from_step": a["step"], "before": a[key], "after": b[key], "rise": b[key] - a[key]}
 
 
-_HELP = {
-    "train_data_dir": "folder with train.jsonl and its images (python -m helpers.control_data writes one)",
-    "pretrained_model_name_or_path": "toy, a local pipeline folder, or a hub id",
-    "revision": "the hub revision (branch, tag or commit) of the model",
-    "variant": "load the weights of this variant, e.g. fp16 for *.fp16.safetensors (trained parts are float32 anyway)",
-    "controlnet_model_name_or_path": "a ControlNet to go on training (default: a new one copied from the UNet)",
-    "proportion_empty_prompts": "fraction of captions replaced by \"\" so that classifier-free guidance works",
-    "allow_adamw_fallback": "with --use_8bit_adam, train with torch AdamW if bitsandbytes cannot load",
-    "unlock_unet_decoder": "also train the UNet's decoder (the ControlNet authors' sd_locked=False), for images "
-                           "the base model has never drawn; saved in unet/",
-    "resume_from_checkpoint": "a checkpoint-N folder or 'latest'",
-    "validation_steps": "score the ControlNet every this many steps (with --validation_layouts)",
-    "validation_layouts": "toy model: held-out two-object layouts drawn and scored by the locator at each "
-                          "validation (the convergence curve in validation.json)",
-}
-
-
 def main(argv: list[str] | None = None) -> None:
     from helpers.cli import train_main
     from helpers.controlnet_train import ControlNetConfig, train_controlnet
 
     train_main(ControlNetConfig, train_controlnet, "python -m helpers.controlnet",
-               "Train a ControlNet (flags of diffusers' train_controlnet.py).", _HELP, argv)
+               "Train a ControlNet (flags of diffusers' train_controlnet.py).", argv)
 
 
 if __name__ == "__main__":

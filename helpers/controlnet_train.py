@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,58 +35,44 @@ from helpers.control_data import DESCRIPTION, Entry, read_index
 from helpers.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
 from helpers.latents import encode as encode_latents, preprocess, vae_scale_factor
 from helpers.loading import check_float32, load_parts
-from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
 from helpers.runtime import release_device_memory
-from helpers.training_loop import (LoopSettings, check_settings, denoising_target, finish, load_history,
-                                   make_accelerator, make_lr_scheduler, resume, run_loop, step_generator, weight_dtype)
+from helpers.trainer_settings import TrainerResult, TrainerSettings, flag
+from helpers.training_loop import (denoising_target, finish, fit, load_history, make_accelerator, step_generator,
+                                   weight_dtype, write_result)
 
 DECODER = ("up_blocks", "conv_norm_out", "conv_out")  # what unlock_unet_decoder trains
 CACHE_ROWS = 20_000   # above this (fill50k at 512 px) rows are encoded per batch instead of kept in memory
 VALIDATION = "validation.json"
 
 
-@dataclass
-class ControlNetConfig:
-    """The trainer's settings; names follow diffusers' train_controlnet.py flags."""
+@dataclass(kw_only=True)
+class ControlNetConfig(TrainerSettings):
+    """The ControlNet trainer's settings; names follow diffusers' train_controlnet.py flags."""
 
-    train_data_dir: str
-    output_dir: str
-    pretrained_model_name_or_path: str = "toy"
-    revision: str | None = None
-    variant: str | None = None
-    controlnet_model_name_or_path: str | None = None
+    train_data_dir: str = field(metadata={"help": "folder with train.jsonl and its images "
+                                                  "(python -m helpers.control_data writes one)"})
+    controlnet_model_name_or_path: str | None = flag(None, "a ControlNet to go on training "
+                                                           "(default: a new one copied from the UNet)")
     image_column: str = "image"
     conditioning_image_column: str = "conditioning_image"
     caption_column: str = "text"
     max_train_samples: int | None = None
-    resolution: int | None = None
     train_batch_size: int = 16
     learning_rate: float = 5e-4
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
     max_train_steps: int = 2000
-    gradient_accumulation_steps: int = 1
-    use_8bit_adam: bool = False
-    allow_adamw_fallback: bool = False
-    adam_weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "no"
-    proportion_empty_prompts: float = 0.0
-    unlock_unet_decoder: bool = False
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    validation_steps: int = 100
-    validation_layouts: int = 0
-    logging_steps: int = 10
-    seed: int = 0
-    progress: bool = True
+    proportion_empty_prompts: float = flag(0.0, "fraction of captions replaced by \"\" so that "
+                                                "classifier-free guidance works")
+    unlock_unet_decoder: bool = flag(False, "also train the UNet's decoder (the ControlNet authors' "
+                                            "sd_locked=False), for images the base model has never drawn; "
+                                            "saved in unet/")
+    validation_steps: int = flag(100, "score the ControlNet every this many steps (with --validation_layouts)")
+    validation_layouts: int = flag(0, "toy model: held-out two-object layouts drawn and scored by the locator "
+                                      "at each validation (the convergence curve in validation.json)")
 
     def check(self) -> None:
         """Bad settings end with one line that says what to change."""
-        check_settings(self)
+        super().check()
         if not 0 <= self.proportion_empty_prompts <= 1:
             raise UsageError(f"--proportion_empty_prompts is a fraction between 0 and 1 (got {self.proportion_empty_prompts})")
         if self.validation_layouts and self.pretrained_model_name_or_path != "toy":
@@ -94,17 +80,9 @@ class ControlNetConfig:
                              "--pretrained_model_name_or_path toy")
 
 
-@dataclass
-class ControlNetResult:
-    output_dir: str
-    steps: int
-    seconds: float
-    steps_per_second: float
-    history: list[dict] = field(default_factory=list)
+@dataclass(kw_only=True)
+class ControlNetResult(TrainerResult):
     validation: list[dict] = field(default_factory=list)
-    optimizer_state_bytes: int = 0
-    trainable_parameters: int = 0
-    peak_memory_bytes: int | None = None
 
 
 class ControlNetTrainer:
@@ -187,39 +165,24 @@ class ControlNetTrainer:
         cfg, acc = self.config, self.accelerator
         self._prepare_data()
         params = [p for m in (self.controlnet, self.unet) for p in m.parameters() if p.requires_grad]
-        optimizer = make_optimizer([{"params": params, "lr": cfg.learning_rate}], cfg.learning_rate,
-                                   cfg.use_8bit_adam, cfg.allow_adamw_fallback, weight_decay=cfg.adam_weight_decay)
-        lr_scheduler = make_lr_scheduler(cfg, optimizer, acc)
-        if cfg.unlock_unet_decoder:
-            self.controlnet, self.unet, optimizer, lr_scheduler = acc.prepare(self.controlnet, self.unet, optimizer,
-                                                                              lr_scheduler)
-        else:
-            self.controlnet, optimizer, lr_scheduler = acc.prepare(self.controlnet, optimizer, lr_scheduler)
-        trained = (self.controlnet, self.unet) if cfg.unlock_unet_decoder else (self.controlnet,)
-        start_step = resume(acc, self.output_dir, cfg.resume_from_checkpoint)
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.validation = load_history(self.output_dir, start_step, VALIDATION)
-        if acc.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        if start_step == 0:
-            self._validate(0)
-        for model in trained:
-            model.train()
-        history, seconds = run_loop(acc, self.output_dir, trained, optimizer, lr_scheduler, self._step_loss,
-                                    LoopSettings.of(cfg, "controlnet"), start_step, after_step=self._after_step)
-        peak = torch.cuda.max_memory_allocated() if acc.device.type == "cuda" else None
-        ran = cfg.max_train_steps - start_step
-        result = ControlNetResult(str(self.output_dir), cfg.max_train_steps, seconds, ran / seconds if seconds else 0.0,
-                                  history, self.validation, optimizer_state_bytes(optimizer),
-                                  sum(p.numel() for p in params), peak)
+        trained = [self.controlnet, self.unet] if cfg.unlock_unet_decoder else [self.controlnet]
+
+        def validate_from(start_step: int) -> None:
+            self.validation = load_history(self.output_dir, start_step, VALIDATION)
+            if start_step == 0:
+                self._validate(0)
+
+        def on_prepared(models: list[torch.nn.Module]) -> None:
+            self.controlnet, self.unet = models if cfg.unlock_unet_decoder else (models[0], self.unet)
+
+        report = fit(acc, cfg, self.output_dir, trained, [{"params": params, "lr": cfg.learning_rate}],
+                     self._step_loss, "controlnet", on_prepared, before_loop=validate_from, after_step=self._after_step)
+        result = ControlNetResult(**report, validation=self.validation)
         if acc.is_main_process:
             acc.unwrap_model(self.controlnet).save_pretrained(self.output_dir, safe_serialization=True)
             if cfg.unlock_unet_decoder:
                 acc.unwrap_model(self.unet).save_pretrained(self.output_dir / "unet", safe_serialization=True)
-            write_text_atomic(self.output_dir / "train_result.json",
-                              json.dumps({k: v for k, v in asdict(result).items() if k != "history"}
-                                         | {"config": asdict(cfg)}, indent=2))
+            write_result(self.output_dir, result, cfg)
             write_text_atomic(self.output_dir / "README.md", model_card(cfg, result, str(acc.device)))
         finish(acc)
         return result

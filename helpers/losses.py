@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import DDPMScheduler
-
-from helpers import noise
-
-
-def snr(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at each timestep."""
-    return noise.snr(scheduler.alphas_cumprod.to(timesteps.device))[timesteps]
+from diffusers.training_utils import compute_snr
 
 
 def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:
@@ -22,7 +16,7 @@ def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float 
     """
     if gamma is None:
         return torch.ones(len(timesteps), device=timesteps.device)
-    s = snr(scheduler, timesteps)
+    s = compute_snr(scheduler, timesteps)  # diffusers' own; notebook 01 writes the formula out (noise.snr)
     clipped = torch.clamp(s, max=gamma)
     if scheduler.config.prediction_type == "v_prediction":
         return clipped / (s + 1)

@@ -19,16 +19,14 @@ Scale-out is accelerate's: the same code runs under ``accelerate launch`` or ``t
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from helpers.atomic import write_text_atomic
 from helpers.cli import UsageError
 from helpers.data import image_files, load_rgb
 from helpers.identifiers import identifier_warnings
@@ -37,58 +35,36 @@ from helpers.loading import check_float32, load_parts
 from helpers.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, adapters_only_checkpoints, add_lora, load_lora, save_lora
 from helpers.losses import dreambooth_loss
 from helpers.noise import offset_noise
-from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.profiles import resolve_model
 from helpers.runtime import release_device_memory
-from helpers.training_loop import (LoopSettings, check_settings, denoising_target, finish, make_accelerator,
-                                   make_lr_scheduler, resume, run_loop, step_generator, weight_dtype)
+from helpers.trainer_settings import TrainerResult, TrainerSettings, flag
+from helpers.training_loop import denoising_target, finish, fit, make_accelerator, step_generator, weight_dtype, write_result
 
 
-@dataclass
-class TrainConfig:
-    """The trainer's settings; names follow diffusers' train_dreambooth.py flags."""
+@dataclass(kw_only=True)
+class TrainConfig(TrainerSettings):
+    """The DreamBooth trainer's settings; names follow diffusers' train_dreambooth.py flags."""
 
-    instance_data_dir: str
-    instance_prompt: str
-    output_dir: str
-    pretrained_model_name_or_path: str = "toy"
-    revision: str | None = None
-    variant: str | None = None
-    class_data_dir: str | None = None
-    class_prompt: str | None = None
-    with_prior_preservation: bool = False
+    instance_data_dir: str = field(metadata={"help": "folder with the subject's photos"})
+    instance_prompt: str = field(metadata={"help": "prompt with the identifier, e.g. 'a photo of sks dog'"})
+    class_data_dir: str | None = flag(None, "where class images are cached (generated when missing or stale)")
+    class_prompt: str | None = flag(None, "prompt for the class, e.g. 'a photo of dog'")
+    with_prior_preservation: bool = flag(False, "add the prior-preservation loss on class images")
     prior_loss_weight: float = 1.0
     num_class_images: int = 100
-    resolution: int | None = None
     center_crop: bool = False
     random_flip: bool = False
-    train_batch_size: int = 1
-    learning_rate: float = 5e-6
-    text_encoder_lr: float | None = None
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    max_train_steps: int = 400
-    gradient_accumulation_steps: int = 1
-    use_8bit_adam: bool = False
-    allow_adamw_fallback: bool = False
-    adam_weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "no"
+    text_encoder_lr: float | None = flag(None, "learning rate of the text encoder (default: --learning_rate)")
     train_text_encoder: bool = False
-    lora_rank: int | None = None
-    lora_alpha: float | None = None
-    snr_gamma: float | None = None
-    offset_noise: bool = False
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
+    lora_rank: int | None = flag(None, "train rank-r LoRA adapters on the attention projections instead of the "
+                                       "whole UNet (and of the text encoder with --train_text_encoder); the output "
+                                       "loads with load_lora_weights")
+    lora_alpha: float | None = flag(None, "LoRA scale numerator (default: --lora_rank, so the scale alpha/rank is 1)")
+    snr_gamma: float | None = flag(None, "min-SNR weighting gamma (5.0 is the paper's choice)")
+    offset_noise: bool = flag(False, "add 0.1 x per-channel offset noise")
     validation_prompt: str | None = None
     num_validation_images: int = 4
     sample_batch_size: int = 8
-    logging_steps: int = 10
-    seed: int = 0
-    progress: bool = True
 
     def check(self) -> None:
         """Bad settings end with one line that says what to change."""
@@ -96,7 +72,7 @@ class TrainConfig:
             raise UsageError("--with_prior_preservation needs --class_prompt (for example \"a photo of dog\")")
         if self.with_prior_preservation and not self.class_data_dir:
             raise UsageError("--with_prior_preservation needs --class_data_dir: where class images are cached")
-        check_settings(self)
+        super().check()
         if self.lora_rank is not None and self.lora_rank < 1:
             raise UsageError(f"--lora_rank must be a positive integer (got {self.lora_rank}); "
                              "leave it out for a full fine-tune")
@@ -104,16 +80,8 @@ class TrainConfig:
             raise UsageError("--instance_prompt is empty: use something like \"a photo of sks dog\"")
 
 
-@dataclass
-class TrainResult:
-    output_dir: str
-    steps: int
-    seconds: float
-    steps_per_second: float
-    history: list[dict] = field(default_factory=list)
-    optimizer_state_bytes: int = 0
-    trainable_parameters: int = 0
-    peak_memory_bytes: int | None = None
+@dataclass(kw_only=True)
+class TrainResult(TrainerResult):
     class_images: dict | None = None
 
 
@@ -226,39 +194,23 @@ class Trainer:
         self.instance_ids, self.class_ids = instance_ids, class_ids
 
         groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
+        trained = [self.unet]
         if cfg.train_text_encoder:
             groups.append({"params": [p for p in self.text_encoder.parameters() if p.requires_grad],
                            "lr": cfg.text_encoder_lr or cfg.learning_rate})
-        optimizer = make_optimizer(groups, cfg.learning_rate, cfg.use_8bit_adam, cfg.allow_adamw_fallback,
-                                   weight_decay=cfg.adam_weight_decay)
-        lr_scheduler = make_lr_scheduler(cfg, optimizer, acc)
-        if cfg.train_text_encoder:
-            self.unet, self.text_encoder, optimizer, lr_scheduler = acc.prepare(self.unet, self.text_encoder,
-                                                                              optimizer, lr_scheduler)
-        else:
-            self.unet, optimizer, lr_scheduler = acc.prepare(self.unet, optimizer, lr_scheduler)
-        trainable = sum(p.numel() for g in groups for p in g["params"])
-        if cfg.lora_rank:
-            adapters_only_checkpoints(acc, self._lora_base(), cfg.lora_rank, cfg.lora_alpha)
+            trained.append(self.text_encoder)
 
-        start_step = resume(acc, self.output_dir, cfg.resume_from_checkpoint)
-        if acc.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        self.unet.train()
-        self.text_encoder.train(cfg.train_text_encoder)
-        trained = (self.unet, self.text_encoder) if cfg.train_text_encoder else (self.unet,)
-        history, seconds = run_loop(acc, self.output_dir, trained, optimizer, lr_scheduler, self._step_loss,
-                                    LoopSettings.of(cfg, "dreambooth"), start_step)
-        peak = torch.cuda.max_memory_allocated() if acc.device.type == "cuda" else None
+        def on_prepared(models: list[torch.nn.Module]) -> None:
+            self.unet, self.text_encoder = models if cfg.train_text_encoder else (models[0], self.text_encoder)
+            if cfg.lora_rank:  # a LoRA run's checkpoints hold its adapters, not the whole UNet
+                adapters_only_checkpoints(acc, self._lora_base(), cfg.lora_rank, cfg.lora_alpha)
+
+        report = fit(acc, cfg, self.output_dir, trained, groups, self._step_loss, "dreambooth", on_prepared)
         if acc.is_main_process:
             self._save_pipeline()
-        ran = cfg.max_train_steps - start_step
-        result = TrainResult(str(self.output_dir), cfg.max_train_steps, seconds, ran / seconds if seconds else 0.0,
-                             history, optimizer_state_bytes(optimizer), trainable, peak, class_report)
+        result = TrainResult(**report, class_images=class_report)
         if acc.is_main_process:
-            write_text_atomic(self.output_dir / "train_result.json",
-                              json.dumps({k: v for k, v in asdict(result).items() if k != "history"}
-                                         | {"config": asdict(cfg)}, indent=2))
+            write_result(self.output_dir, result, cfg)
         finish(acc)
         return result
 

@@ -20,7 +20,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from helpers.atomic import write_text_atomic
 from helpers.cli import UsageError
+from helpers.optim import make_optimizer, optimizer_state_bytes
+from helpers.trainer_settings import TrainerResult, TrainerSettings
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 HISTORY = "loss_history.json"
@@ -50,21 +52,11 @@ class LoopSettings:
     desc: str = "training"
 
     @classmethod
-    def of(cls, config, desc: str) -> "LoopSettings":
-        """The loop settings of a trainer's config (any object with the flags' names)."""
-        return cls(config.max_train_steps, config.gradient_accumulation_steps, config.max_grad_norm,
-                   config.checkpointing_steps, config.checkpoints_total_limit, config.logging_steps,
-                   config.progress, desc)
-
-
-def check_settings(config) -> None:
-    """The checks every trainer's settings need; each failure is one line that says what to change."""
-    if config.max_train_steps < 1 or config.train_batch_size < 1 or config.gradient_accumulation_steps < 1:
-        raise UsageError("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be at least 1")
-    if config.mixed_precision not in ("no", "fp16", "bf16"):
-        raise UsageError(f"--mixed_precision must be no, fp16 or bf16 (got {config.mixed_precision!r})")
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on a CPU use no (or bf16)")
+    def of(cls, settings: TrainerSettings, desc: str) -> "LoopSettings":
+        """The loop settings of a trainer's settings."""
+        return cls(settings.max_train_steps, settings.gradient_accumulation_steps, settings.max_grad_norm,
+                   settings.checkpointing_steps, settings.checkpoints_total_limit, settings.logging_steps,
+                   settings.progress, desc)
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -72,13 +64,13 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
-def make_lr_scheduler(config, optimizer, accelerator):
+def make_lr_scheduler(settings: TrainerSettings, optimizer, accelerator):
     """diffusers' get_scheduler, counted in optimizer steps of all processes, as its scripts do."""
     from diffusers.optimization import get_scheduler
 
     n = accelerator.num_processes
-    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * n,
-                         num_training_steps=config.max_train_steps * n)
+    return get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=settings.lr_warmup_steps * n,
+                         num_training_steps=settings.max_train_steps * n)
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -232,3 +224,49 @@ def run_loop(accelerator, output_dir: Path, trained: Sequence[torch.nn.Module], 
     if acc.is_main_process:
         write_text_atomic(output_dir / HISTORY, json.dumps(history))
     return history, seconds
+
+
+# --------------------------------------------------------------------------- a whole run
+
+def fit(accelerator, settings: TrainerSettings, output_dir: Path, trained: Sequence[torch.nn.Module],
+        groups: list[dict], step_loss: StepLoss, desc: str, on_prepared: Callable[[list[torch.nn.Module]], None],
+        before_loop: Callable[[int], None] | None = None,
+        after_step: Callable[[int], None] | None = None) -> dict:
+    """The sequence both trainers run: optimizer and learning-rate schedule from the settings,
+    ``accelerate.prepare``, resume, the loop, peak memory. Returns the fields of a ``TrainerResult``.
+
+    ``on_prepared(models)`` receives the prepared models, in the order of ``trained``, before anything
+    else runs: ``step_loss`` must call those (under data parallel they are the wrappers that sync
+    gradients), and a LoRA run installs its adapters-only checkpoint hooks there.
+    ``before_loop(start_step)`` runs just before the first step (ControlNet's step-0 validation).
+    """
+    optimizer = make_optimizer(groups, settings.learning_rate, settings.use_8bit_adam, settings.allow_adamw_fallback,
+                               weight_decay=settings.adam_weight_decay)
+    lr_scheduler = make_lr_scheduler(settings, optimizer, accelerator)
+    *models, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
+    on_prepared(models)
+    start_step = resume(accelerator, output_dir, settings.resume_from_checkpoint)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    cuda = accelerator.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    if before_loop is not None:
+        before_loop(start_step)
+    for model in models:
+        model.train()
+    history, seconds = run_loop(accelerator, output_dir, models, optimizer, lr_scheduler, step_loss,
+                                LoopSettings.of(settings, desc), start_step, after_step)
+    ran = settings.max_train_steps - start_step
+    return dict(output_dir=str(output_dir), steps=settings.max_train_steps, seconds=seconds,
+                steps_per_second=ran / seconds if seconds else 0.0, history=history,
+                optimizer_state_bytes=optimizer_state_bytes(optimizer),
+                trainable_parameters=sum(p.numel() for g in groups for p in g["params"]),
+                peak_memory_bytes=torch.cuda.max_memory_allocated() if cuda else None)
+
+
+def write_result(output_dir: Path, result: TrainerResult, settings: TrainerSettings) -> None:
+    """``train_result.json``: the result without its loss history (``loss_history.json`` has it), and the settings."""
+    write_text_atomic(output_dir / "train_result.json",
+                      json.dumps({k: v for k, v in asdict(result).items() if k != "history"}
+                                 | {"config": asdict(settings)}, indent=2))

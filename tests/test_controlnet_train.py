@@ -167,7 +167,7 @@ def test_the_model_card_gives_the_commands_that_reproduce_the_folder(data_dir, t
     command = command_line(config)
     assert command in card and "--use_8bit_adam" in command and "--learning_rate 0.001" in command
     assert "python -m helpers.control_data --output" in card and "--count 12" in card
-    parser = dataclass_parser(ControlNetConfig, "python -m helpers.controlnet", "", {})
+    parser = dataclass_parser(ControlNetConfig, "python -m helpers.controlnet", "")
     assert ControlNetConfig(**vars(parser.parse_args(shlex.split(command)[3:] + ["--no_progress"]))) == config
 
 
@@ -251,7 +251,7 @@ def test_the_notebooks_sd15_command_runs_on_an_sd_shaped_model(data_dir, tmp_pat
     done = run_tool("controlnet", *real_branch.replace_flags(words, shrunk), "--no_progress")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["steps"] == 2
-    parse = dataclass_parser(ControlNetConfig, "python -m helpers.controlnet", "", {}).parse_args
+    parse = dataclass_parser(ControlNetConfig, "python -m helpers.controlnet", "").parse_args
     shown, ran = vars(parse(real_branch.controlnet_command())), json.loads((tmp_path / "cn" / "train_result.json").read_text())
     assert shown["mixed_precision"] == "fp16" and shown["resolution"] == 512 and shown["use_8bit_adam"]
     kept = set(shown) - set(shrunk) - {"progress"}
