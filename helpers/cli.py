@@ -13,9 +13,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
-
-class UsageError(Exception):
-    """Bad input from the user: the message names the problem and the fix."""
+from helpers.errors import UsageError
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from helpers.atomic import write_text_atomic
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 from helpers.course import notebooks
 from helpers.profiles import ROOT
 

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from helpers import relations, tikz, toyworld
 from helpers.atomic import replace_dir_atomic, write_text_atomic
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 from helpers.data import load_rgb
 
 SIZE = 64

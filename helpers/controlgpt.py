@@ -27,7 +27,8 @@ from PIL import Image
 
 from helpers import tikz
 from helpers.atomic import replace_dir_atomic
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 from helpers.controlnet import draw, held_out_samples, load_controlnet_pipeline, true_layout
 from helpers.planner import ChatPlanner, Plan, Planner, RuleBasedPlanner, plan
 from helpers.profiles import TOY_CONTROLNET, TOY_LOCATOR, load_pipeline

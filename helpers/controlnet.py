@@ -21,7 +21,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 
 from helpers import relations, tikz
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.loading import loading
 from helpers.profiles import HUB_ID, TOY_CONTROLNET, TOY_LOCATOR
 

@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from helpers.atomic import write_text_atomic
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.control_data import DESCRIPTION, Entry, read_index
 from helpers.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
 from helpers.latents import encode as encode_latents, preprocess, vae_scale_factor

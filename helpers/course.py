@@ -14,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 

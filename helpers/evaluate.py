@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from helpers import metrics, toyworld
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 from helpers.data import load_image_folder
 from helpers.judge import judge_images, load_judge
 from helpers.photo_scorers import CLIP_MODEL, DINO_MODEL, ClipTextScorer, DinoEmbedder

@@ -18,7 +18,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from helpers.atomic import write_text_atomic
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 from helpers.profiles import load_pipeline, profile_for_model
 from helpers.runtime import configure_cpu
 

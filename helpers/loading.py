@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"

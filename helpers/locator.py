@@ -31,7 +31,8 @@ from torch.nn import functional as F
 
 from helpers import relations, toyworld
 from helpers.atomic import save_safetensors_atomic, write_text_atomic
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 from helpers.judge import blur_and_noise, to_tensor, train_steps, vae_share
 from helpers.latents import through_vae
 from helpers.profiles import TOY_MODEL

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from helpers.atomic import write_text_atomic
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 
 def make_optimizer(param_groups: Iterable, lr: float, use_8bit_adam: bool = False, allow_fallback: bool = False,

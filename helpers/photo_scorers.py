@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 DINO_MODEL = "facebook/dino-vits16"
 CLIP_MODEL = "openai/clip-vit-base-patch32"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from helpers import tikz, toyworld
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.relations import CENTRES, RELATIONS
 
 # Width and height (canvas units, 10 x 10) of each class's box in a two-object toy scene: the

@@ -38,7 +38,8 @@ from transformers import CLIPTextModel
 from helpers import judge as judge_mod
 from helpers import toymodel, toytokenizer, toyworld
 from helpers.atomic import replace_dir_atomic, save_torch_atomic, write_text_atomic
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 from helpers.losses import snr_weights
 from helpers.runtime import configure_cpu
 from helpers.stage_state import StageState

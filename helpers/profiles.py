@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.latents import vae_scale_factor
 from helpers.loading import SD15_MODEL, loading
 from helpers.lora import WEIGHTS as LORA_WEIGHTS, base_model as lora_base_model, is_lora_folder
@@ -163,14 +163,18 @@ def download(model: str = SD15_MODEL) -> str:
                              ignore_patterns=["*non_ema*", "*.fp16.*", "safety_checker/*"])
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    import argparse
 
+    parser = argparse.ArgumentParser(prog="python -m helpers.profiles", description="Fetch a hub model before a "
+                                     "workshop, while there is a network.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("download", help="into the local Hugging Face cache")
+    fetch.add_argument("model", nargs="?", default=SD15_MODEL, help=f"a hub id (default: {SD15_MODEL})")
+    print(download(parser.parse_args(argv).model))
+
+
+if __name__ == "__main__":
     from helpers.cli import run_main
 
-    def _main() -> None:
-        if sys.argv[1:2] != ["download"]:
-            raise UsageError("usage: python -m helpers.profiles download [MODEL_ID]")
-        print(download(*sys.argv[2:3]))
-
-    run_main(_main)
+    run_main(main)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from helpers.atomic import save_torch_atomic
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 STATE = "state.pt"
 

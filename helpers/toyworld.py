@@ -618,10 +618,18 @@ def write_subjects(folder: str | Path, seed: int = 0) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    import argparse
 
-    if sys.argv[1:] != ["subjects"]:
-        sys.exit("usage: python -m helpers.toyworld subjects   (writes data/subjects/<name>/NN.png and data/subjects-128/)")
+    parser = argparse.ArgumentParser(prog="python -m helpers.toyworld", description="Render the toy subjects' photos.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("subjects", help="write data/subjects/<name>/NN.png and data/subjects-128/")
+    parser.parse_args(argv)
     for path in write_subjects(Path(__file__).resolve().parent.parent / "data" / "subjects"):
         print(path)
+
+
+if __name__ == "__main__":
+    from helpers.cli import run_main
+
+    run_main(main)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.data import image_files, load_rgb
 from helpers.identifiers import identifier_warnings
 from helpers.latents import encode as encode_latents, preprocess, vae_scale_factor

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 
 def flag(default, help: str):

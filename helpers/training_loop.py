@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.atomic import write_text_atomic
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.trainer_settings import TrainerResult, TrainerSettings
 

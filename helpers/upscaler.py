@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from helpers import toyworld
 from helpers.atomic import replace_dir_atomic, write_text_atomic
-from helpers.cli import UsageError, run_main
+from helpers.cli import run_main
+from helpers.errors import UsageError
 from helpers.data import load_image_folder
 from helpers.runtime import configure_cpu
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import lora
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.colab import COURSE_REPO, DRIVE_OUTPUTS, main, output_root, setup_cell
 from helpers.profiles import ROOT
 from helpers.train import TrainConfig, Trainer, train

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import control_data, planner, relations
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 
 def test_rows_come_from_training_pairs_only_and_say_what_they_show():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import control_data, controlgpt, planner, relations, tikz
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.controlnet import held_out_samples, true_layout
 from helpers.controlnet_train import ControlNetConfig, train_controlnet
 from helpers.planner import RuleBasedPlanner

@@ -10,7 +10,7 @@ from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
 
 from helpers import controlnet as cn
 from helpers import tikz
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.planner import RuleBasedPlanner
 from helpers.profiles import TOY_CONTROLNET
 

@@ -11,7 +11,8 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from helpers import control_data
-from helpers.cli import UsageError, dataclass_parser
+from helpers.cli import dataclass_parser
+from helpers.errors import UsageError
 from helpers.controlnet import (build_controlnet, controlnet_pipeline, draw, load_controlnet, load_controlnet_pipeline,
                                sudden_convergence, zero_convolutions)
 from helpers.controlnet_train import ControlNetConfig, ControlNetTrainer, command_line, train_controlnet

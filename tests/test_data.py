@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.data import load_image_folder
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import locator as loc
 from helpers import relations, toyworld
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "toy-locator"
 

@@ -9,7 +9,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 from helpers import lora
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.profiles import ROOT, TOY_MODEL, load_pipeline
 from helpers.train import TrainConfig, train
 

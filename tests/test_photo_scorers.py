@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from transformers import CLIPModel, CLIPProcessor, ViTImageProcessor, ViTModel
 
 from helpers import metrics, photo_scorers, toyworld
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.evaluate import evaluate_model, photo_scorers as make_photo_scorers
 from helpers.generate import generate_images
 

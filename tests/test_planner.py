@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import planner, tikz
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 
 @pytest.mark.parametrize("prompt, relation", [

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from helpers import loading
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.generate import generate_images
 from helpers.profiles import ROOT, load_pipeline
 from helpers.train import TrainConfig, Trainer, train

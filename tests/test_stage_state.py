@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.stage_state import STATE, StageState
 
 SETTINGS = {"steps": 6, "seed": 0}

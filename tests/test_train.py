@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from helpers import train as train_mod
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.priors import PriorSettings, cache_status, class_data_dir, class_images
 from helpers.profiles import ROOT, TOY_MODEL

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from helpers import upscaler as up
-from helpers.cli import UsageError
+from helpers.errors import UsageError
 
 
 @pytest.fixture(scope="module")
