@@ -89,7 +89,7 @@ def run_notebook(name: str, folders, args: argparse.Namespace, work: Path) -> di
 def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
     """Notebook 09's SD 1.5 command, with only the model, folders and step count replaced."""
     from helpers import control_data
-    from helpers.controlnet import main
+    from helpers.controlnet_train import main
 
     cap(args.cap_gb)
     data = control_data.write_dataset(work / "control-data", 64, progress=False)

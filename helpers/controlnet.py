@@ -164,15 +164,8 @@ def sudden_convergence(curve: list[dict], key: str = "relation_accuracy") -> dic
     return {"step": b["step"], "from_step": a["step"], "before": a[key], "after": b[key], "rise": b[key] - a[key]}
 
 
-def main(argv: list[str] | None = None) -> None:
-    from helpers.cli import train_main
-    from helpers.controlnet_train import ControlNetConfig, train_controlnet
-
-    train_main(ControlNetConfig, train_controlnet, "python -m helpers.controlnet",
-               "Train a ControlNet (flags of diffusers' train_controlnet.py).", argv)
-
-
 if __name__ == "__main__":
     from helpers.cli import run_main
+    from helpers.controlnet_train import main
 
     run_main(main)

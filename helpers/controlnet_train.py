@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from helpers.atomic import write_text_atomic
+from helpers.cli import train_main
 from helpers.errors import UsageError
 from helpers.control_data import DESCRIPTION, Entry, read_index
 from helpers.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
@@ -271,3 +272,9 @@ def train_controlnet(config: ControlNetConfig) -> ControlNetResult:
     result = ControlNetTrainer(config).train()
     release_device_memory()
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m helpers.controlnet``."""
+    train_main(ControlNetConfig, train_controlnet, "python -m helpers.controlnet",
+               "Train a ControlNet (flags of diffusers' train_controlnet.py).", argv)
