@@ -17,6 +17,7 @@ from pathlib import Path
 
 from helpers import toyworld, upscaler
 from helpers.data import load_image_folder
+from helpers.profiles import ROOT
 from helpers.runtime import configure_cpu
 
 
@@ -42,8 +43,10 @@ def main() -> None:
     rows: dict[str, list[dict]] = {"bicubic": [upscaler.score(upscaler.bicubic(low), held_out, boxes)]}
     for seed in args.seeds:
         tuned = upscaler.load_upscaler(args.model)
-        fit = upscaler.fit(tuned, photos, args.steps, args.learning_rate, args.batch_size, seed=seed,
-                           augment=args.augment, progress=False)
+        fit = upscaler.finetune(tuned, photos, upscaler.FinetuneConfig(
+            output_dir=str(ROOT / "outputs" / "benchmarks" / f"upscaler-seed{seed}"), max_train_steps=args.steps,
+            learning_rate=args.learning_rate, train_batch_size=args.batch_size, augment=args.augment, seed=seed,
+            progress=False))
         start = time.time()
         before = upscaler.score(base(low, args.sr_steps, seed=seed), held_out, boxes)
         after = upscaler.score(tuned(low, args.sr_steps, seed=seed), held_out, boxes)

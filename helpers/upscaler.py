@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import random
 import shlex
 import sys
@@ -38,6 +39,7 @@ from helpers.cli import run_main
 from helpers.errors import UsageError
 from helpers.data import load_image_folder
 from helpers.runtime import configure_cpu
+from helpers.training_loop import HISTORY, LoopSettings, finish, make_accelerator, resume, run_loop, step_generator
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 LOW, HIGH = 64, 128
@@ -186,46 +188,36 @@ def loss_on(pipe: ToyUpscalePipeline, high: torch.Tensor, cond: torch.Tensor, ge
 
 @dataclasses.dataclass
 class FitResult:
-    """What a `fit` run reports: the loss of every step, and the wall time."""
+    """What a training run reports: the loss of every step, and the wall time."""
 
     losses: list[float]
     seconds: float
 
 
-def fit(pipe: ToyUpscalePipeline, images: list[Image.Image] | None, steps: int, learning_rate: float,
-        batch_size: int = 8, crop: int = 64, seed: int = 0, world_seed: int = 0,
-        augment: float = 1.0, progress: bool = True) -> FitResult:
-    """Train the upscaler on (downsampled, original) pairs of 128 px ``images``.
-
-    Pretraining passes ``images=None`` and a ``world_seed``: every step then renders fresh toy
-    scenes, so the model never sees a scene twice. Fine-tuning passes the subject's photos.
-    Random crops keep steps cheap; the UNet is convolutional, so it upscales whole images after.
-    Low-resolution inputs are `degrade`d by a random amount, at most ``augment`` times the
-    pretraining level; the paper fine-tunes its upscaler with little augmentation (``augment`` < 1)
-    so that it keeps the photos' own fine detail.
-    """
-    if images is not None:
-        wrong = sorted({i.size for i in images if i.size != (HIGH, HIGH)})
-        if wrong:
-            raise UsageError(f"upscaler training photos must be {HIGH}x{HIGH} (the output size); got "
-                             f"{', '.join(f'{w}x{h}' for w, h in wrong)}")
-        high_all, low_all = to_tensor(images), to_tensor(downsample(images))
-    gen = torch.Generator("cpu").manual_seed(seed)
-    opt = torch.optim.AdamW(pipe.unet.parameters(), lr=learning_rate, weight_decay=1e-2)
+def _optimizer(unet: UNet2DModel, learning_rate: float, steps: int):
+    """AdamW with a linear warm-up, then a cosine down to a tenth: pretraining's and fine-tuning's."""
+    opt = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
     warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine down to a tenth
+    return opt, torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps))))
+
+
+def fit(pipe: ToyUpscalePipeline, steps: int, learning_rate: float, batch_size: int = 8, crop: int = 64,
+        seed: int = 0, world_seed: int = 0, progress: bool = True) -> FitResult:
+    """Pretrain the upscaler on fresh toy scenes: every step renders new ones (from ``world_seed``),
+    so the model never sees a scene twice; crops and augmentation draw from ``seed``. Random crops keep steps cheap; the UNet is convolutional,
+    so it upscales whole images after. Low-resolution inputs are `degrade`d by a random amount.
+
+    A plain loop, not the trainers' shared one: it runs once, to make the committed model, whose
+    card records the command; the fine-tune a learner runs is `finetune`."""
+    gen = torch.Generator("cpu").manual_seed(seed)
+    opt, sched = _optimizer(pipe.unet, learning_rate, steps)
     pipe.unet.train()
     losses, start = [], time.time()
     for step in (bar := tqdm(range(steps), desc="upscaler", disable=not progress)):
-        if images is None:
-            batch = world_images(world_seed + step * batch_size, batch_size)
-            high, low = to_tensor(batch), to_tensor(downsample(batch))
-        else:
-            idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-            high, low = high_all[idx], low_all[idx]
-        low = degrade(low, gen, max_blur=augment * MAX_BLUR, max_noise=augment * MAX_NOISE)
-        high, cond = _crops(high, condition(low), crop, gen)
+        batch = world_images(world_seed + step * batch_size, batch_size)
+        high, low = to_tensor(batch), to_tensor(downsample(batch))
+        high, cond = _crops(high, condition(degrade(low, gen)), crop, gen)
         loss = loss_on(pipe, high, cond, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,6 +229,58 @@ def fit(pipe: ToyUpscalePipeline, images: list[Image.Image] | None, steps: int, 
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
     pipe.unet.eval()
     return FitResult(losses, time.time() - start)
+
+
+@dataclasses.dataclass(kw_only=True)
+class FinetuneConfig:
+    """The paper's step (b): fine-tune on the subject's own 128 px photos. The checkpoint flags are
+    the DreamBooth and ControlNet trainers' (diffusers' names)."""
+
+    output_dir: str
+    max_train_steps: int = 150
+    learning_rate: float = 1e-3
+    train_batch_size: int = 4
+    augment: float = 0.25  # conditioning augmentation, as a fraction of pretraining's (the paper keeps it low)
+    crop: int = 64
+    checkpointing_steps: int = 50
+    checkpoints_total_limit: int | None = 1
+    resume_from_checkpoint: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: FinetuneConfig) -> FitResult:
+    """Fine-tune ``pipe`` in place on (downsampled, original) pairs of ``images``, on the trainers'
+    shared loop (``helpers.training_loop``): checkpoints in ``config.output_dir``, ``latest``
+    resume, a progress bar. Every random draw of a step comes from (seed, step), so a resumed run
+    ends as an uninterrupted one. Conditioning augmentation is ``config.augment`` times
+    pretraining's, so that the upscaler keeps the photos' own fine detail."""
+    wrong = sorted({i.size for i in images if i.size != (HIGH, HIGH)})
+    if wrong:
+        raise UsageError(f"upscaler training photos must be {HIGH}x{HIGH} (the output size); got "
+                         f"{', '.join(f'{w}x{h}' for w, h in wrong)}")
+    high_all, low_all = to_tensor(images), to_tensor(downsample(images))
+    output_dir = Path(config.output_dir)
+    acc = make_accelerator(output_dir, 1, "no")
+    opt, sched = _optimizer(pipe.unet, config.learning_rate, config.max_train_steps)
+    unet, opt, sched = acc.prepare(pipe.unet, opt, sched)
+    start_step = resume(acc, output_dir, config.resume_from_checkpoint)
+
+    def step_loss(step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        gen = step_generator(config.seed, step, micro, acc.process_index)
+        idx = torch.randint(0, len(images), (config.train_batch_size,), generator=gen)
+        low = degrade(low_all[idx], gen, max_blur=config.augment * MAX_BLUR, max_noise=config.augment * MAX_NOISE)
+        high, cond = _crops(high_all[idx], condition(low), config.crop, gen)
+        return loss_on(pipe, high, cond, gen), {}
+
+    unet.train()
+    settings = LoopSettings(config.max_train_steps, checkpointing_steps=config.checkpointing_steps,
+                            checkpoints_total_limit=config.checkpoints_total_limit, logging_steps=25,
+                            progress=config.progress, desc="upscaler")
+    history, seconds = run_loop(acc, output_dir, [unet], opt, sched, step_loss, settings, start_step)
+    unet.eval()
+    finish(acc)
+    return FitResult([h["loss"] for h in history], seconds)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -281,6 +325,9 @@ def save(pipe: ToyUpscalePipeline, output: str | Path, stages: list[dict]) -> Pa
     pipe.save_pretrained(build, safe_serialization=True)
     write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
     write_text_atomic(build / "README.md", _model_card(stages))
+    for kept in [*output.glob("checkpoint-*"), output / HISTORY]:  # a fine-tune's, beside the model it made
+        if kept.exists():
+            os.replace(kept, build / kept.name)
     replace_dir_atomic(build, output)
     return output
 
@@ -324,7 +371,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     pre.add_argument("--learning_rate", type=float, default=1e-3)
     pre.add_argument("--train_batch_size", type=int, default=16)
     pre.add_argument("--seed", type=int, default=0)
-    pre.set_defaults(augment=1.0)
     fine = sub.add_parser("finetune", help="fine-tune on a subject's 128 px photos (DreamBooth step b)")
     fine.add_argument("--model", type=Path, default=DATA / "toy-upscaler")
     fine.add_argument("--instance_data_dir", type=Path, required=True)
@@ -334,6 +380,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     fine.add_argument("--train_batch_size", type=int, default=4)
     fine.add_argument("--augment", type=float, default=0.25,
                       help="conditioning augmentation, as a fraction of pretraining's (the paper keeps it low)")
+    fine.add_argument("--checkpointing_steps", type=int, default=50)
+    fine.add_argument("--checkpoints_total_limit", type=int, default=1)
+    fine.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N folder or 'latest'")
     fine.add_argument("--seed", type=int, default=0)
     up = sub.add_parser("upscale", help=f"upscale a folder of {LOW} px images to {HIGH} px")
     up.add_argument("--model", type=Path, default=DATA / "toy-upscaler")
@@ -360,12 +409,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "pretrain":
         torch.manual_seed(args.seed)
-        pipe, stages, images = build_upscaler(), [], None
+        pipe, stages = build_upscaler(), []
+        result = fit(pipe, args.max_train_steps, args.learning_rate, args.train_batch_size, seed=args.seed,
+                     world_seed=1_000_000 * (args.seed + 1))
     else:
         pipe, stages = load_upscaler(args.model), _stages_of(args.model)
-        images = load_image_folder(args.instance_data_dir)
-    result = fit(pipe, images, args.max_train_steps, args.learning_rate, args.train_batch_size,
-                 seed=args.seed, world_seed=1_000_000 * (args.seed + 1), augment=args.augment)
+        config = FinetuneConfig(output_dir=str(args.output_dir), max_train_steps=args.max_train_steps,
+                                learning_rate=args.learning_rate, train_batch_size=args.train_batch_size,
+                                augment=args.augment, checkpointing_steps=args.checkpointing_steps,
+                                checkpoints_total_limit=args.checkpoints_total_limit,
+                                resume_from_checkpoint=args.resume_from_checkpoint, seed=args.seed)
+        result = finetune(pipe, load_image_folder(args.instance_data_dir), config)
     stages.append({"stage": args.command, "command": command, "steps": args.max_train_steps,
                    "batch_size": args.train_batch_size, "seed": args.seed, "seconds": round(result.seconds, 1),
                    "final_loss": float(np.mean(result.losses[-50:]))})

@@ -33,7 +33,7 @@ def test_wrong_input_size_is_one_clear_error(fresh):
     with pytest.raises(UsageError, match=r"takes 64x64 images .* got 80x80: resize to 64x64"):
         fresh(_images(80, 1), num_inference_steps=1)
     with pytest.raises(UsageError, match=r"must be 128x128 .* got 64x64"):
-        up.fit(fresh, _images(64), steps=1, learning_rate=1e-4, progress=False)
+        up.finetune(fresh, _images(64), up.FinetuneConfig(output_dir="unused", max_train_steps=1, progress=False))
 
 
 def test_condition_is_bicubic_upsampling_in_range():
@@ -65,17 +65,48 @@ def test_training_target_is_the_velocity(fresh):
     assert torch.allclose(fresh.scheduler.get_velocity(high, noise, t), v, atol=1e-6)
 
 
-def test_fit_is_seeded_and_changes_the_weights():
+def test_pretraining_is_seeded_and_changes_the_weights():
     def run():
         torch.manual_seed(0)
         pipe = up.build_upscaler()
-        up.fit(pipe, up.world_images(0, 2), steps=2, learning_rate=1e-3, batch_size=2, crop=32, progress=False)
+        up.fit(pipe, steps=2, learning_rate=1e-3, batch_size=2, crop=32, progress=False)
         return pipe.unet.conv_in.weight.detach().clone()
 
     torch.manual_seed(0)
     before = up.build_upscaler().unet.conv_in.weight.detach()
     a, b = run(), run()
     assert torch.equal(a, b) and not torch.equal(a, before)
+
+
+def test_a_finetune_killed_and_resumed_from_latest_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    photos = up.world_images(0, 2)
+
+    def run(output_dir, **kw):
+        torch.manual_seed(0)
+        pipe = up.build_upscaler()
+        config = up.FinetuneConfig(output_dir=str(output_dir), max_train_steps=4, train_batch_size=2, crop=32,
+                                   checkpointing_steps=2, progress=False, **kw)
+        return pipe, up.finetune(pipe, photos, config)
+
+    whole, fit = run(tmp_path / "whole")
+    assert len(fit.losses) == 4
+    real, calls = up.loss_on, []
+
+    def dies_at_the_fourth_step(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(up, "loss_on", dies_at_the_fourth_step)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "killed")
+    assert (tmp_path / "killed" / "checkpoint-2").is_dir()
+    resumed, again = run(tmp_path / "killed", resume_from_checkpoint="latest")
+    assert again.losses == fit.losses
+    a, b = whole.unet.state_dict(), resumed.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_psnr_matches_its_formula():
