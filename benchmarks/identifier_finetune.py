@@ -24,7 +24,8 @@ from helpers import metrics
 from helpers.data import load_image_folder
 from helpers.generate import generate_images
 from helpers.judge import judge_images, load_judge, to_tensor
-from helpers.profiles import ROOT, TOY, TOY_JUDGE, load_pipeline
+from helpers.paths import ROOT
+from helpers.profiles import TOY, TOY_JUDGE, load_pipeline
 from helpers.runtime import configure_cpu, seed_everything
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from helpers.data import load_image_folder
 from helpers.evaluate import evaluate_model, fidelity_ceiling, toy_scorers
-from helpers.profiles import ROOT, TOY, load_pipeline
+from helpers.paths import ROOT
+from helpers.profiles import TOY, load_pipeline
 from helpers.runtime import configure_cpu
 from helpers.toyworld import new_subject_photos
 from helpers.train import TrainConfig, train

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from helpers import toyworld, upscaler
 from helpers.data import load_image_folder
-from helpers.profiles import ROOT
+from helpers.paths import ROOT
 from helpers.runtime import configure_cpu
 
 

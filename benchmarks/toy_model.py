@@ -30,7 +30,8 @@ from helpers.evaluate import fidelity_ceiling, toy_scorers
 from helpers.generate import generate_images
 from helpers.judge import judge_accuracy, judge_images, load_judge
 from helpers.pretrain import vae_psnr
-from helpers.profiles import ROOT, TOY, TOY_JUDGE, load_pipeline
+from helpers.paths import ROOT
+from helpers.profiles import TOY, TOY_JUDGE, load_pipeline
 from helpers.runtime import configure_cpu
 from helpers.toyworld import class_views, new_subject_photos, parse_prompt, prompt_for, random_sample, render
 

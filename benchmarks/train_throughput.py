@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.profiles import ROOT
+from helpers.paths import ROOT
 from helpers.runtime import configure_cpu
 from helpers.train import TrainConfig, train
 

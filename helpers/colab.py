@@ -20,7 +20,7 @@ from helpers.atomic import write_text_atomic
 from helpers.cli import run_main
 from helpers.errors import UsageError
 from helpers.course import notebooks
-from helpers.profiles import ROOT
+from helpers.paths import ROOT, outputs
 
 COURSE_REPO = "https://github.com/dreambooth-from-the-inside/course"
 DRIVE = Path("/content/drive")
@@ -49,13 +49,14 @@ def setup_cell(repo: str = COURSE_REPO) -> str:
 
 
 def output_root(on_drive: bool = False) -> Path:
-    """Where a notebook writes its runs: the repository's ``outputs/``, or Google Drive when asked for.
+    """Where a notebook writes its runs: the outputs folder (``helpers.paths.outputs``), or Google
+    Drive when asked for.
 
     A Colab runtime reset loses every folder of the runtime; on Drive a killed DreamBooth run keeps its
     checkpoints, so the next runtime goes on with ``--resume_from_checkpoint latest``.
     """
     if not on_drive:
-        return ROOT / "outputs"
+        return outputs()
     if "google.colab" not in sys.modules:
         raise UsageError("OUTPUTS_ON_DRIVE = True needs Google Drive, which is only there on Colab: "
                          "set OUTPUTS_ON_DRIVE = False in the config cell")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from helpers.cli import run_main
 from helpers.errors import UsageError
+from helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def notebooks(folder: Path = ROOT / "notebooks") -> list[Path]:

@@ -37,6 +37,7 @@ from helpers.judge import blur_and_noise, to_tensor, train_steps, vae_share
 from helpers.latents import through_vae
 from helpers.profiles import TOY_MODEL
 from helpers.runtime import configure_cpu
+from helpers.paths import DATA
 
 CELL = 4                  # pixels per map cell: 64 px images give 16 x 16 maps
 MIN_CELLS = 3             # fewer cells of a class than this is noise, not an object
@@ -257,7 +258,7 @@ model's VAE (encoded and decoded: the best the toy model could draw them):
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m helpers.locator", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "toy-locator")
+    parser.add_argument("--output", type=Path, default=DATA / "toy-locator")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)

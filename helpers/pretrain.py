@@ -43,9 +43,9 @@ from helpers.errors import UsageError
 from helpers.losses import snr_weights
 from helpers.runtime import configure_cpu
 from helpers.stage_state import StageState
+from helpers.paths import DATA
 from helpers.training_loop import denoising_target
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 STAGES = "stages.json"  # every stage that produced the weights: command, seed, steps, time
 SAVE_EVERY_SECONDS = 300.0  # how often a stage saves its state (helpers.stage_state)
 HELD_OUT_RENDERS = 512  # fresh renders behind the VAE's scaling factor and its PSNR on the card

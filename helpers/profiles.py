@@ -22,9 +22,8 @@ from helpers.latents import vae_scale_factor
 from helpers.loading import SD15_MODEL, loading
 from helpers.lora import WEIGHTS as LORA_WEIGHTS, base_model as lora_base_model, is_lora_folder
 from helpers.photo_scorers import CLIP_MODEL, DINO_MODEL
+from helpers.paths import DATA
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data"
 TOY_MODEL = DATA / "toy-sd"
 TOY_JUDGE = DATA / "toy-judge"
 TOY_LOCATOR = DATA / "toy-locator"

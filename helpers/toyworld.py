@@ -625,7 +625,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("subjects", help="write data/subjects/<name>/NN.png and data/subjects-128/")
     parser.parse_args(argv)
-    for path in write_subjects(Path(__file__).resolve().parent.parent / "data" / "subjects"):
+    from helpers.paths import DATA
+
+    for path in write_subjects(DATA / "subjects"):
         print(path)
 
 

@@ -40,8 +40,8 @@ from helpers.errors import UsageError
 from helpers.data import load_image_folder
 from helpers.runtime import configure_cpu
 from helpers.training_loop import HISTORY, LoopSettings, finish, make_accelerator, resume, run_loop, step_generator
+from helpers.paths import DATA
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 LOW, HIGH = 64, 128
 STAGES = "stages.json"
 # The model draws only what bicubic upsampling misses: x0 = (high - bicubic(low)) * RESIDUAL_SCALE.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers.paths import outputs
 
 
 def image_grid(images: list[Image.Image], cols: int, scale: int = 1) -> Image.Image:
@@ -23,8 +22,8 @@ def image_grid(images: list[Image.Image], cols: int, scale: int = 1) -> Image.Im
 
 
 def figures_dir() -> Path:
-    """`$COURSE_OUTPUTS/figures`, by default `outputs/figures` at the repository root."""
-    out = Path(os.environ.get("COURSE_OUTPUTS", ROOT / "outputs")) / "figures"
+    """``figures/`` in the outputs folder (``helpers.paths.outputs``)."""
+    out = outputs() / "figures"
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from helpers import lora
 from helpers.errors import UsageError
 from helpers.colab import COURSE_REPO, DRIVE_OUTPUTS, main, output_root, setup_cell
-from helpers.profiles import ROOT
+from helpers.paths import ROOT
 from helpers.train import TrainConfig, Trainer, train
 
 SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")

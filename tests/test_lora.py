@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from helpers import lora
 from helpers.errors import UsageError
-from helpers.profiles import ROOT, TOY_MODEL, load_pipeline
+from helpers.paths import ROOT
+from helpers.profiles import TOY_MODEL, load_pipeline
 from helpers.train import TrainConfig, train
 
 SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")

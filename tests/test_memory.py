@@ -3,7 +3,7 @@ import sys
 import pytest
 
 from helpers import memory
-from helpers.profiles import ROOT
+from helpers.paths import ROOT
 
 
 def test_terms_add_up_and_the_recipes_order_as_expected():

@@ -9,7 +9,8 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextModel
 
 from helpers.generate import generate_images
-from helpers.profiles import ROOT, TOY_MODEL, choose_profile
+from helpers.paths import ROOT
+from helpers.profiles import TOY_MODEL, choose_profile
 
 
 def test_loads_with_the_network_off(tmp_path):

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from helpers import loading
 from helpers.errors import UsageError
 from helpers.generate import generate_images
-from helpers.profiles import ROOT, load_pipeline
+from helpers.paths import ROOT
+from helpers.profiles import load_pipeline
 from helpers.train import TrainConfig, Trainer, train
 
 SUBJECT = str(ROOT / "data" / "dreambooth" / "dog")

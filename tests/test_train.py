@@ -15,7 +15,8 @@ from helpers import train as train_mod
 from helpers.errors import UsageError
 from helpers.optim import make_optimizer, optimizer_state_bytes
 from helpers.priors import PriorSettings, cache_status, class_data_dir, class_images
-from helpers.profiles import ROOT, TOY_MODEL
+from helpers.paths import ROOT
+from helpers.profiles import TOY_MODEL
 from helpers.train import TrainConfig, Trainer, train
 from helpers.training_loop import checkpoints, resolve_resume
 
