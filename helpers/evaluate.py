@@ -33,7 +33,8 @@ from helpers.cli import run_main
 from helpers.errors import UsageError
 from helpers.data import load_image_folder
 from helpers.judge import judge_images, load_judge
-from helpers.photo_scorers import CLIP_MODEL, DINO_MODEL, ClipTextScorer, DinoEmbedder
+from helpers.loading import CLIP_MODEL, DINO_MODEL
+from helpers.photo_scorers import ClipTextScorer, DinoEmbedder
 from helpers.profiles import TOY_JUDGE, load_pipeline, profile_for_model
 from helpers.runtime import configure_cpu
 

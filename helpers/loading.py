@@ -24,7 +24,10 @@ import torch
 from helpers.errors import UsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# The hub models the course fetches: SD 1.5, and the DreamBooth paper's photo scorers (helpers.photo_scorers).
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DINO_MODEL = "facebook/dino-vits16"
+CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 
 def _weight_files(folder: Path) -> list[Path]:

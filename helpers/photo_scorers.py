@@ -20,9 +20,8 @@ import torch
 from PIL import Image
 
 from helpers.errors import UsageError
+from helpers.loading import CLIP_MODEL, DINO_MODEL
 
-DINO_MODEL = "facebook/dino-vits16"
-CLIP_MODEL = "openai/clip-vit-base-patch32"
 BATCH = 32
 
 

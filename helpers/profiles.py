@@ -19,9 +19,8 @@ import torch
 
 from helpers.errors import UsageError
 from helpers.latents import vae_scale_factor
-from helpers.loading import SD15_MODEL, loading
+from helpers.loading import CLIP_MODEL, DINO_MODEL, SD15_MODEL, loading
 from helpers.lora import WEIGHTS as LORA_WEIGHTS, base_model as lora_base_model, is_lora_folder
-from helpers.photo_scorers import CLIP_MODEL, DINO_MODEL
 from helpers.paths import DATA
 
 TOY_MODEL = DATA / "toy-sd"
