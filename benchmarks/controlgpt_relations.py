@@ -2,7 +2,7 @@
 
     python benchmarks/controlgpt_relations.py --seeds 0 1 2 --count 48
 
-For each seed, `helpers.controlgpt.compare` draws the same held-out prompts three ways (plain
+For each seed, `helpers.control.controlgpt.compare` draws the same held-out prompts three ways (plain
 text-to-image, the ControlNet with each scene's true layout, and planner -> TikZ -> ControlNet)
 and the toy locator scores them. Prints every seed, then mean ± sd per method, and the seconds
 the three methods took together.
@@ -16,9 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
-from helpers import controlgpt
-from helpers.profiles import TOY_CONTROLNET
-from helpers.runtime import configure_cpu
+from helpers.control import controlgpt
+from helpers.diffusion.profiles import TOY_CONTROLNET
+from helpers.core.runtime import configure_cpu
 
 KEYS = ("object_accuracy", "relation_accuracy")
 

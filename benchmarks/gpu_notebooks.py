@@ -88,8 +88,8 @@ def run_notebook(name: str, folders, args: argparse.Namespace, work: Path) -> di
 
 def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
     """Notebook 09's SD 1.5 command, with only the model, folders and step count replaced."""
-    from helpers import control_data
-    from helpers.controlnet_train import main
+    from helpers.control import dataset as control_data
+    from helpers.control.trainer import main
 
     cap(args.cap_gb)
     data = control_data.write_dataset(work / "control-data", 64, progress=False)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("this check needs a CUDA GPU; on a CPU, tests/test_real_branches.py runs the same notebooks "
+        raise SystemExit("this check needs a CUDA GPU; on a CPU, tests/course/test_real_branches.py runs the same notebooks "
                          "(or add --device cpu --size tiny for a dry run of this script)")
     args.resolution = 512 if args.size == "sd15" else 64
     with tempfile.TemporaryDirectory() as tmp:

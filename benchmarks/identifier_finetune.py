@@ -20,13 +20,13 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from helpers import metrics
-from helpers.data import load_image_folder
-from helpers.generate import generate_images
-from helpers.judge import judge_images, load_judge, to_tensor
-from helpers.paths import ROOT
-from helpers.profiles import TOY, TOY_JUDGE, load_pipeline
-from helpers.runtime import configure_cpu, seed_everything
+from helpers.evaluation import metrics
+from helpers.core.images import load_image_folder
+from helpers.diffusion.generate import generate_images
+from helpers.toy.judge import judge_images, load_judge, to_tensor
+from helpers.core.paths import ROOT
+from helpers.diffusion.profiles import TOY, TOY_JUDGE, load_pipeline
+from helpers.core.runtime import configure_cpu, seed_everything
 
 
 def fidelity(pipe, judge, prompt: str, subject_emb: torch.Tensor, n: int, seed: int) -> float:

@@ -5,7 +5,7 @@
 For each seed, two toy DreamBooth runs that differ only in --with_prior_preservation (both train the
 text encoder too, as notebooks 04 and 05 do on the toy: its frozen encoder barely tells "sks dog"
 from "dog"), then subject fidelity, prompt fidelity, PRES and DIV of each
-(helpers.evaluate.evaluate_model). Prints every run, a table of mean and standard deviation over
+(helpers.evaluation.evaluate.evaluate_model). Prints every run, a table of mean and standard deviation over
 seeds, the subject-fidelity ceiling (new photos of the subject, raw and through the VAE) with each
 mean as a share of it, and, per seed, whether the drift goes the way the paper's ablation does: with
 prior preservation PRES lower and DIV higher than without, subject fidelity within 10%.
@@ -19,13 +19,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from helpers.data import load_image_folder
-from helpers.evaluate import evaluate_model, fidelity_ceiling, toy_scorers
-from helpers.paths import ROOT
-from helpers.profiles import TOY, load_pipeline
-from helpers.runtime import configure_cpu
-from helpers.toyworld import new_subject_photos
-from helpers.train import TrainConfig, train
+from helpers.core.images import load_image_folder
+from helpers.evaluation.evaluate import evaluate_model, fidelity_ceiling, toy_scorers
+from helpers.core.paths import ROOT
+from helpers.diffusion.profiles import TOY, load_pipeline
+from helpers.core.runtime import configure_cpu
+from helpers.toy.world import new_subject_photos
+from helpers.dreambooth.trainer import TrainConfig, train
 
 METRICS = ("subject_fidelity", "prompt_fidelity", "pres", "div")
 

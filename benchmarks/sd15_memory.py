@@ -1,4 +1,4 @@
-"""Does an SD 1.5 DreamBooth recipe fit a T4? Measures peak GPU memory and checks helpers.memory.
+"""Does an SD 1.5 DreamBooth recipe fit a T4? Measures peak GPU memory and checks helpers.training.memory.
 
     python benchmarks/sd15_memory.py [--steps 3] [--resolution 512] [--recipes "+ 8-bit AdamW" ...] [--extra]
 
@@ -7,8 +7,8 @@ the 8-bit recipes; no weights and no network: the models are randomly initialise
 configs (UNet 859.5 M, CLIP ViT-L/14 text encoder 123.1 M, VAE 83.7 M parameters). Memory does not
 depend on the weights' values, only on their shapes and the recipe.
 
-For each recipe of ``helpers.memory.sd15_recipes()`` it builds fresh models and runs a few training
-steps the way ``helpers/train.py`` does: trainable UNet (and text encoder) in fp32, the forward under
+For each recipe of ``helpers.training.memory.sd15_recipes()`` it builds fresh models and runs a few training
+steps the way ``helpers/dreambooth/trainer.py`` does: trainable UNet (and text encoder) in fp32, the forward under
 torch.autocast fp16 when mixed precision is on (with a GradScaler, as accelerate does), frozen VAE and
 text encoder in fp16, a 512x512 batch VAE-encoded under no_grad every step (the trainer's uncached
 path), train_batch_size 1 with prior preservation (2 samples a step), epsilon MSE loss, gradient
@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/sd15_memory.py` from anywhere
 
-from helpers.memory import GB, SD15_PARAMS, MemoryConfig, estimate, sd15_recipes  # noqa: E402
+from helpers.training.memory import GB, SD15_PARAMS, MemoryConfig, estimate, sd15_recipes  # noqa: E402
 
 T4_GB = 15.0  # what a Colab T4 offers
 CUDA_CONTEXT_GB = 0.5  # CUDA context and kernels: outside PyTorch's allocator, not in max_memory_reserved
@@ -75,7 +75,7 @@ def build_models(cfg: MemoryConfig, device: torch.device) -> dict:
     counts = {name: sum(p.numel() for p in m.parameters())
               for name, m in (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))}
     if counts != SD15_PARAMS:
-        raise SystemExit(f"parameter counts {counts} differ from helpers.memory.SD15_PARAMS {SD15_PARAMS}")
+        raise SystemExit(f"parameter counts {counts} differ from helpers.training.memory.SD15_PARAMS {SD15_PARAMS}")
     half = torch.float16 if cfg.mixed_precision == "fp16" else torch.float32
     vae.requires_grad_(False)
     text_encoder.requires_grad_(cfg.train_text_encoder)
@@ -188,7 +188,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--recipes", nargs="*", help="names from helpers.memory.sd15_recipes() (default: all)")
+    parser.add_argument("--recipes", nargs="*", help="names from helpers.training.memory.sd15_recipes() (default: all)")
     parser.add_argument("--extra", action="store_true", help="also measure the check configurations")
     args = parser.parse_args()
     if not torch.cuda.is_available():

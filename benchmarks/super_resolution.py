@@ -15,16 +15,18 @@ import statistics
 import time
 from pathlib import Path
 
-from helpers import toyworld, upscaler
-from helpers.data import load_image_folder
-from helpers.paths import ROOT
-from helpers.runtime import configure_cpu
+from helpers.toy import world as toyworld
+from helpers import upscaler
+from helpers.core.paths import DATA
+from helpers.core.images import load_image_folder
+from helpers.core.paths import ROOT
+from helpers.core.runtime import configure_cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--model", type=Path, default=upscaler.DATA / "toy-upscaler")
+    parser.add_argument("--model", type=Path, default=DATA / "toy-upscaler")
     parser.add_argument("--subject", default="toy_dog")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--held_out_seed", type=int, default=7)
     args = parser.parse_args()
     configure_cpu()
-    photos = load_image_folder(upscaler.DATA / "subjects-128" / args.subject)
+    photos = load_image_folder(DATA / "subjects-128" / args.subject)
     held_out, boxes = upscaler.subject_views_with_boxes(toyworld.SUBJECTS[args.subject], args.held_out,
                                                         args.held_out_seed)
     low = upscaler.downsample(held_out)

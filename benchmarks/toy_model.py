@@ -24,16 +24,16 @@ import json
 import statistics
 import time
 
-from helpers import metrics
-from helpers.data import load_image_folder
-from helpers.evaluate import fidelity_ceiling, toy_scorers
-from helpers.generate import generate_images
-from helpers.judge import judge_accuracy, judge_images, load_judge
-from helpers.pretrain import vae_psnr
-from helpers.paths import ROOT
-from helpers.profiles import TOY, TOY_JUDGE, load_pipeline
-from helpers.runtime import configure_cpu
-from helpers.toyworld import class_views, new_subject_photos, parse_prompt, prompt_for, random_sample, render
+from helpers.evaluation import metrics
+from helpers.core.images import load_image_folder
+from helpers.evaluation.evaluate import fidelity_ceiling, toy_scorers
+from helpers.diffusion.generate import generate_images
+from helpers.toy.judge import judge_accuracy, judge_images, load_judge
+from helpers.toy.pretrain import vae_psnr
+from helpers.core.paths import ROOT
+from helpers.diffusion.profiles import TOY, TOY_JUDGE, load_pipeline
+from helpers.core.runtime import configure_cpu
+from helpers.toy.world import class_views, new_subject_photos, parse_prompt, prompt_for, random_sample, render
 
 PAIRS = [("dog", "red"), ("sunglasses", "blue"), ("cup", "yellow"), ("house", "pink"), ("cat", "white"),
          ("tree", "purple"), ("car", "green"), ("flower", "orange")]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from helpers.paths import ROOT
-from helpers.runtime import configure_cpu
-from helpers.train import TrainConfig, train
+from helpers.core.paths import ROOT
+from helpers.core.runtime import configure_cpu
+from helpers.dreambooth.trainer import TrainConfig, train
 
 CONFIGS = {
     "unet": {},

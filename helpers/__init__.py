@@ -1,11 +1,10 @@
 """Helpers for the course "DreamBooth, ControlNet and ControlGPT from the inside".
 
-The notebooks stay short by importing the tested logic from here: `profiles` (toy model on a CPU
-or SD 1.5 on a GPU), `toyworld` (the procedural world the toy model was trained on), `noise` and
-`losses` (the maths of diffusion training), `priors` (class images), `train` (the DreamBooth
-trainer), `controlnet` and `controlnet_train` (ControlNet), `planner`, `tikz` and `controlgpt`
-(ControlGPT), `evaluate`, `metrics` and `locator` (fidelity, PRES, DIV, spatial relations),
-`memory` (what fits a GPU), `viz`.
+The notebooks stay short by importing tested code from here, one subpackage per part of the
+course: ``core``, ``toy``, ``diffusion``, ``training``, ``dreambooth``, ``evaluation``, ``control``,
+``upscaler`` and ``course``. ``helpers/README.md`` draws how they depend on each other and lists
+the modules each notebook uses. The modules left at this level are the commands the README
+documents (``python -m helpers.pretrain``, ...), each a thin entry to the module that does the work.
 """
 
 import logging

@@ -11,8 +11,8 @@ os.environ.setdefault("COURSE_OUTPUTS", str(ROOT / "outputs" / "test-run"))
 
 @pytest.fixture(scope="session")
 def toy_pipe():
-    from helpers.profiles import load_pipeline
-    from helpers.runtime import configure_cpu
+    from helpers.diffusion.profiles import load_pipeline
+    from helpers.core.runtime import configure_cpu
 
     configure_cpu()
     return load_pipeline("toy")
@@ -25,8 +25,8 @@ def toy_vae(toy_pipe):
 
 @pytest.fixture(scope="session")
 def judge():
-    from helpers.judge import load_judge
-    from helpers.profiles import TOY_JUDGE
+    from helpers.toy.judge import load_judge
+    from helpers.diffusion.profiles import TOY_JUDGE
 
     return load_judge(TOY_JUDGE)
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_train.py under `torchrun --nproc_per_node 2`: train a few steps, then record
+"""Run by tests/dreambooth/test_train.py under `torchrun --nproc_per_node 2`: train a few steps, then record
 this rank's parameter digest and every file write it made."""
 
 import hashlib
@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-import helpers.train as train_mod
-import helpers.training_loop as loop_mod
-from helpers.runtime import configure_cpu
-from helpers.train import TrainConfig, Trainer
+import helpers.dreambooth.trainer as train_mod
+import helpers.training.loop as loop_mod
+from helpers.core.runtime import configure_cpu
+from helpers.dreambooth.trainer import TrainConfig, Trainer
 
 
 def main(subject: str, output: str, report: str) -> None:

@@ -2,7 +2,7 @@
 
 nbmake's ``post_cell_execute`` hook runs extra lines after a cell; here they follow the config cell
 (the one tagged ``parameters``) and set ``PROFILE`` to a given `Profile` and shrink sizes, and after
-the last cell they check that the notebook did run on that profile. ``tests/test_real_branches.py``
+the last cell they check that the notebook did run on that profile. ``tests/course/test_real_branches.py``
 runs every notebook this way on the CPU against the tiny SD-shaped model; ``benchmarks/gpu_notebooks.py``
 runs them on a GPU against SD 1.5-sized random weights.
 """

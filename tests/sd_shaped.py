@@ -180,7 +180,7 @@ def cpu_profile(folders: Folders, resolution: int = 64):
     training: the trainers refuse it in one line); only sizes shrink."""
     from dataclasses import replace
 
-    from helpers.profiles import SD15
+    from helpers.diffusion.profiles import SD15
 
     return replace(SD15, model=str(folders.fp16), device="cpu", resolution=resolution, num_inference_steps=3,
                    mixed_precision="bf16", dino_model=str(folders.dino), clip_model=str(folders.clip))

@@ -63,7 +63,7 @@ def test_notebooks_are_numbered_and_have_a_colab_badge():
 
 
 def test_every_notebook_clones_the_course_from_the_one_url():
-    from helpers.colab import main
+    from helpers.course.colab import main
 
     main(["--check"])  # exits with one line naming the notebooks whose Colab cell differs
 

@@ -1,0 +1,37 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers.core import atomic
+
+
+def test_text_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "manifest.json"
+    atomic.write_text_atomic(path, "old")
+    atomic.write_text_atomic(path, "new")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_failed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    atomic.save_safetensors_atomic({"w": torch.ones(3)}, path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill in the middle of writing
+
+    monkeypatch.setattr(atomic, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.save_safetensors_atomic({"w": torch.zeros(3)}, path)
+    assert torch.equal(load_file(str(path))["w"], torch.ones(3))
+
+
+def test_replace_dir_swaps_complete_folders(tmp_path):
+    target, build = tmp_path / "model", tmp_path / "build"
+    target.mkdir()
+    (target / "a").write_text("old")
+    build.mkdir()
+    (build / "a").write_text("new")
+    atomic.replace_dir_atomic(build, target)
+    assert (target / "a").read_text() == "new" and not build.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -1,0 +1,42 @@
+"""The executed copies that `make course` writes show what a learner saw at the end of each cell."""
+
+import nbformat
+
+from helpers.course.runner import INTERACTIVE, WIDGET_STATE, WIDGET_VIEW, finish_widgets
+
+
+def _bar_notebook(value: float, total: float) -> nbformat.NotebookNode:
+    state = {
+        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"]}},
+        "l": {"model_name": "HTMLModel", "state": {"value": "dreambooth:\u2007100%"}},
+        "p": {"model_name": "FloatProgressModel", "state": {"value": value, "max": total}},
+        "r": {"model_name": "HTMLModel", "state": {"value": "\u2007300/300\u2007[00:51&lt;00:00]"}},
+    }
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {WIDGET_STATE: {"state": state}}})
+    bar = nbformat.v4.new_output("display_data", data={WIDGET_VIEW: {"model_id": "bar"},
+                                                       "text/plain": "dreambooth:   0%|          | 0/300"})
+    other = nbformat.v4.new_output("display_data", data={"text/plain": "a figure"})
+    nb.cells = [nbformat.v4.new_code_cell("train()", outputs=[bar, other])]
+    return nb
+
+
+def test_a_progress_bar_is_saved_at_its_final_frame():
+    nb = _bar_notebook(300.0, 300.0)
+    assert finish_widgets(nb) == 1
+    outputs = nb.cells[0].outputs
+    assert outputs[0]["data"]["text/plain"] == "dreambooth: 100%|██████████| 300/300 [00:51<00:00]"
+    assert outputs[1]["data"]["text/plain"] == "a figure"
+
+
+def test_a_bar_stopped_half_way_is_drawn_half_full():
+    nb = _bar_notebook(150.0, 300.0)
+    finish_widgets(nb)
+    assert "|█████     |" in nb.cells[0].outputs[0]["data"]["text/plain"]
+
+
+def test_a_widget_that_is_not_a_progress_bar_says_it_is_interactive():
+    nb = _bar_notebook(1.0, 1.0)
+    nb.metadata["widgets"][WIDGET_STATE]["state"]["bar"]["model_name"] = "VBoxModel"
+    assert finish_widgets(nb) == 0
+    assert nb.cells[0].outputs[0]["data"]["text/plain"] == INTERACTIVE
+    assert nb.cells[0].outputs[1]["data"]["text/plain"] == "a figure"

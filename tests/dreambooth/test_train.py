@@ -1,0 +1,181 @@
+"""The DreamBooth trainer on the toy profile: real runs of a few steps each."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from helpers.dreambooth import trainer as train_mod
+from helpers.core.errors import UsageError
+from helpers.training.optim import make_optimizer, optimizer_state_bytes
+from helpers.dreambooth.priors import PriorSettings, cache_status, class_data_dir, class_images
+from helpers.core.paths import ROOT
+from helpers.diffusion.profiles import TOY_MODEL
+from helpers.dreambooth.trainer import TrainConfig, Trainer, train
+from helpers.training.loop import checkpoints, resolve_resume
+
+SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
+
+
+def _config(out, **kw) -> TrainConfig:
+    base = dict(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(out),
+                max_train_steps=6, learning_rate=1e-4, progress=False, checkpointing_steps=0, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _unet(out) -> dict:
+    return load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_output_is_a_pipeline_and_the_loss_is_logged(tmp_path):
+    result = train(_config(tmp_path, max_train_steps=4, logging_steps=2))
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path)
+    assert pipe.unet.config.sample_size == 16
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4]
+    assert all(h["prior_loss"] == 0 for h in result.history)
+    assert json.loads((tmp_path / "loss_history.json").read_text()) == result.history
+    before = load_file(str(TOY_MODEL / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = _unet(tmp_path)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_prior_preservation_with_snr_gamma_and_8bit_adam(tmp_path):
+    result = train(_config(tmp_path / "out", with_prior_preservation=True, class_prompt="a photo of dog",
+                           class_data_dir=str(tmp_path / "class"), num_class_images=3, train_batch_size=2,
+                           snr_gamma=5.0, use_8bit_adam=True, max_train_steps=3, logging_steps=1))
+    assert len(list((tmp_path / "class").glob("*.png"))) == 3
+    assert all(h["prior_loss"] > 0 and h["instance_loss"] > 0 for h in result.history)
+    assert result.class_images["reused"] is False
+
+
+def test_8bit_state_is_much_smaller_than_32bit():
+    sizes = {}
+    for eight in (False, True):
+        p = torch.nn.Parameter(torch.randn(256, 1024))
+        opt = make_optimizer([p], 1e-3, use_8bit_adam=eight)
+        p.grad = torch.randn_like(p)
+        opt.step()
+        sizes[eight] = optimizer_state_bytes(opt)
+        assert type(opt).__name__ == ("AdamW8bit" if eight else "AdamW")
+    assert sizes[False] >= 8 * 256 * 1024
+    assert sizes[True] < sizes[False] / 3.5
+
+
+def test_bitsandbytes_that_cannot_load(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    p = torch.nn.Parameter(torch.zeros(4))
+    with pytest.raises(UsageError, match=r"--use_8bit_adam needs bitsandbytes.*--allow_adamw_fallback"):
+        make_optimizer([p], 1e-3, use_8bit_adam=True)
+    with pytest.warns(UserWarning, match="32-bit torch AdamW"):
+        assert type(make_optimizer([p], 1e-3, use_8bit_adam=True, allow_fallback=True)).__name__ == "AdamW"
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, killed_run):
+    kw = dict(max_train_steps=6, checkpointing_steps=3, lr_scheduler="cosine", train_text_encoder=True)
+    train(_config(tmp_path / "full", **kw))
+    killed_run(Trainer, lambda: train(_config(tmp_path / "killed", **kw)), step=4)
+    assert [p.name for p in checkpoints(tmp_path / "killed")] == ["checkpoint-3"]
+    result = train(_config(tmp_path / "killed", resume_from_checkpoint="latest", **kw))
+    full, resumed = _unet(tmp_path / "full"), _unet(tmp_path / "killed")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert [h["step"] for h in result.history] == list(range(1, 7))
+
+
+def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    train(_config(tmp_path, max_train_steps=4, checkpointing_steps=2))
+    real = Accelerator.save_state
+
+    def dies_half_way(self, output_dir=None, **kwargs):
+        real(self, output_dir, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Accelerator, "save_state", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, max_train_steps=8, checkpointing_steps=2, resume_from_checkpoint="latest"))
+    assert resolve_resume(tmp_path, "latest").name == "checkpoint-2"
+    assert (tmp_path / ".checkpoint-4.tmp").exists()
+
+
+def test_checkpoints_total_limit_prunes_the_oldest(tmp_path):
+    train(_config(tmp_path, max_train_steps=7, checkpointing_steps=2, checkpoints_total_limit=2))
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_bad_settings_get_one_clear_line(tmp_path):
+    with pytest.raises(UsageError, match="--with_prior_preservation needs --class_prompt"):
+        train(_config(tmp_path, with_prior_preservation=True, class_data_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="does not exist"):
+        train(_config(tmp_path, instance_data_dir=str(tmp_path / "missing")))
+    with pytest.raises(UsageError, match="not a checkpoint-N folder"):
+        train(_config(tmp_path, resume_from_checkpoint=str(tmp_path)))
+    with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
+        Trainer(_config(tmp_path, mixed_precision="fp16"))
+
+
+def test_identifier_warnings(tmp_path):
+    with pytest.warns(UserWarning, match="'red' is a common token"):
+        Trainer(_config(tmp_path, instance_prompt="a photo of red dog", class_prompt="a photo of dog"))
+    with pytest.warns(UserWarning, match=r"'zqxjv' splits into \d tokens"):
+        Trainer(_config(tmp_path, instance_prompt="a photo of zqxjv dog"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(_config(tmp_path, instance_prompt="a photo of sks dog", class_prompt="a photo of dog"))
+    assert not [w for w in caught if "identifier" in str(w.message)]
+
+
+def test_small_images_are_upscaled_with_a_warning(tmp_path):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "a.png")
+    with pytest.warns(UserWarning, match="smaller than --resolution 64: it is upscaled"):
+        images = train_mod.load_instance_images(str(folder), 64)
+    assert images[0].size == (32, 32)
+
+
+def test_class_image_cache_is_reused_only_for_the_same_settings(tmp_path, toy_pipe):
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return toy_pipe
+
+    settings = PriorSettings(model="toy", prompt="a photo of dog", count=2, num_inference_steps=4)
+    folder = tmp_path / "class"
+    _, first = class_images(folder, settings, factory, progress=False)
+    _, second = class_images(folder, settings, factory, progress=False)
+    assert (first["reused"], second["reused"], len(calls)) == (False, True, 1)
+    changed = PriorSettings(model="toy", prompt="a photo of dog", count=2, num_inference_steps=4, seed=1)
+    assert cache_status(folder, changed) == "settings changed: seed 0 -> 1"
+    _, third = class_images(folder, changed, factory, progress=False)
+    assert third["reused"] is False and len(calls) == 2
+    (folder / "00001.png").unlink()
+    assert cache_status(folder, changed) == "files missing"
+
+
+def test_each_seed_keeps_its_class_images_in_a_folder_of_its_own(tmp_path):
+    seed0, seed1 = (class_data_dir(tmp_path, "toy", "a photo of dog", seed) for seed in (0, 1))
+    assert seed0 == tmp_path / "class_images" / "toy" / "a_photo_of_dog"  # notebook 03's, where notebook 04 looks
+    assert seed1 == tmp_path / "class_images" / "toy" / "a_photo_of_dog-seed1" and seed1 != seed0
+
+
+def test_two_processes_end_identical_and_only_rank_0_writes(tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           str(ROOT / "tests" / "ddp_worker.py"), SUBJECT, str(tmp_path / "out"), str(report)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and "MULTI_CPU" in ranks[0]["distributed_type"]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert "pipeline" in ranks[0]["writes"] and ranks[1]["writes"] == []
+    assert (tmp_path / "out" / "model_index.json").exists()
