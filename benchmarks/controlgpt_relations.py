@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from helpers.control import controlgpt
-from helpers.diffusion.profiles import TOY_CONTROLNET
 from helpers.core.runtime import configure_cpu
+from helpers.diffusion.profiles import TOY_CONTROLNET
 
 KEYS = ("object_accuracy", "relation_accuracy")
 

@@ -52,17 +52,21 @@ def peaks() -> tuple[int, int]:
 
 def peak_lines(report: Path) -> list[str]:
     """After each cell: the running peaks (the trainers reset torch's own peak when a run starts)."""
-    return [f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import gpu_notebooks",
-            "_peaks = [max(a, b) for a, b in zip(globals().get('_peaks', [0, 0]), gpu_notebooks.peaks())]",
-            f"open({str(report)!r}, 'w').write(str(_peaks))"]
+    return [
+        f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import gpu_notebooks",
+        "_peaks = [max(a, b) for a, b in zip(globals().get('_peaks', [0, 0]), gpu_notebooks.peaks())]",
+        f"open({str(report)!r}, 'w').write(str(_peaks))",
+    ]
 
 
 def profile_line(device: str, resolution: int) -> str:
     """The sd15 profile on the SD-shaped folder: fp16 mixed precision on a GPU (bf16 on a CPU, which has no fp16
     training), 10 sampler steps instead of 50."""
     precision = "fp16" if device == "cuda" else "bf16"
-    return (f"import dataclasses; PROFILE = dataclasses.replace(sd_shaped.cpu_profile(FIXTURE, {resolution}), "
-            f"device={device!r}, mixed_precision={precision!r}, num_inference_steps=10)")
+    return (
+        f"import dataclasses; PROFILE = dataclasses.replace(sd_shaped.cpu_profile(FIXTURE, {resolution}), "
+        f"device={device!r}, mixed_precision={precision!r}, num_inference_steps=10)"
+    )
 
 
 def run_notebook(name: str, folders, args: argparse.Namespace, work: Path) -> dict:
@@ -81,9 +85,14 @@ def run_notebook(name: str, folders, args: argparse.Namespace, work: Path) -> di
     start = time.perf_counter()
     error = real_branch.run(copy, ROOT / "outputs" / "gpu-notebooks", timeout=3600)
     allocated, reserved = json.loads(report.read_text()) if report.exists() else (0, 0)
-    return {"notebook": name, "ok": error is None, "error": error.summary[-300:] if error else "",
-            "peak_allocated_gb": allocated / GB, "peak_reserved_gb": reserved / GB,
-            "seconds": time.perf_counter() - start}
+    return {
+        "notebook": name,
+        "ok": error is None,
+        "error": error.summary[-300:] if error else "",
+        "peak_allocated_gb": allocated / GB,
+        "peak_reserved_gb": reserved / GB,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
@@ -93,9 +102,13 @@ def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
 
     cap(args.cap_gb)
     data = control_data.write_dataset(work / "control-data", 64, progress=False)
-    shrunk = {"pretrained_model_name_or_path": str(folders.fp16), "train_data_dir": str(data),
-              "output_dir": str(work / "controlnet"), "max_train_steps": str(args.steps),
-              "resolution": str(args.resolution)}
+    shrunk = {
+        "pretrained_model_name_or_path": str(folders.fp16),
+        "train_data_dir": str(data),
+        "output_dir": str(work / "controlnet"),
+        "max_train_steps": str(args.steps),
+        "resolution": str(args.resolution),
+    }
     if args.device == "cpu":
         shrunk["mixed_precision"] = "bf16"
     words = real_branch.replace_flags(real_branch.controlnet_command(), shrunk)
@@ -106,8 +119,14 @@ def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
     except Exception as err:  # an out-of-memory error is a result here, not a crash
         error = f"{type(err).__name__}: {str(err)[:300]}"
     allocated, reserved = peaks()
-    return {"notebook": "09 (SD 1.5 command)", "ok": not error, "error": error, "peak_allocated_gb": allocated / GB,
-            "peak_reserved_gb": reserved / GB, "seconds": time.perf_counter() - start}
+    return {
+        "notebook": "09 (SD 1.5 command)",
+        "ok": not error,
+        "error": error,
+        "peak_allocated_gb": allocated / GB,
+        "peak_reserved_gb": reserved / GB,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("this check needs a CUDA GPU; on a CPU, tests/course/test_real_branches.py runs the same notebooks "
-                         "(or add --device cpu --size tiny for a dry run of this script)")
+        raise SystemExit(
+            "this check needs a CUDA GPU; on a CPU, tests/course/test_real_branches.py runs the same notebooks "
+            "(or add --device cpu --size tiny for a dry run of this script)"
+        )
     args.resolution = 512 if args.size == "sd15" else 64
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -132,11 +153,15 @@ def main(argv: list[str] | None = None) -> None:
         rows = [run_notebook(n, folders, args, work) for n in NOTEBOOKS if args.only is None or args.only in n]
         if args.only is None or "09" in args.only:
             rows.append(run_controlnet(folders, args, work))
-    print(f"{'notebook':34s} {'ok':>4s} {'peak alloc GB':>14s} {'peak reserved GB':>17s} {'seconds':>8s}  "
-          f"(cap {args.cap_gb} GB)")
+    print(
+        f"{'notebook':34s} {'ok':>4s} {'peak alloc GB':>14s} {'peak reserved GB':>17s} {'seconds':>8s}  "
+        f"(cap {args.cap_gb} GB)"
+    )
     for r in rows:
-        print(f"{r['notebook']:34s} {str(r['ok']):>4s} {r['peak_allocated_gb']:14.2f} {r['peak_reserved_gb']:17.2f} "
-              f"{r['seconds']:8.0f}  {r['error']}")
+        print(
+            f"{r['notebook']:34s} {str(r['ok']):>4s} {r['peak_allocated_gb']:14.2f} {r['peak_reserved_gb']:17.2f} "
+            f"{r['seconds']:8.0f}  {r['error']}"
+        )
     print(json.dumps(rows))
 
 

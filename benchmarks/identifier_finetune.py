@@ -20,13 +20,13 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from helpers.evaluation import metrics
 from helpers.core.images import load_image_folder
-from helpers.diffusion.generate import generate_images
-from helpers.toy.judge import judge_images, load_judge, to_tensor
 from helpers.core.paths import ROOT
-from helpers.diffusion.profiles import TOY, TOY_JUDGE, load_pipeline
 from helpers.core.runtime import configure_cpu, seed_everything
+from helpers.diffusion.generate import generate_images
+from helpers.diffusion.profiles import TOY, TOY_JUDGE, load_pipeline
+from helpers.evaluation import metrics
+from helpers.toy.judge import judge_images, load_judge, to_tensor
 
 
 def fidelity(pipe, judge, prompt: str, subject_emb: torch.Tensor, n: int, seed: int) -> float:
@@ -40,8 +40,9 @@ def finetune(pipe, images, prompt: str, steps: int, lr: float, train_text_encode
     with torch.no_grad():
         latents = pipe.vae.encode(to_tensor(images)).latent_dist.mean * pipe.vae.config.scaling_factor
         latents = torch.cat([latents, latents.flip(-1)])  # horizontal flips: the subject faces both ways
-    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        [prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     params = list(pipe.unet.parameters()) + (list(pipe.text_encoder.parameters()) if train_text_encoder else [])
     pipe.unet.train()
@@ -81,18 +82,31 @@ def main() -> None:
     instance_prompt = f"a photo of {args.identifier} {args.class_noun}"
     class_prompt = f"a photo of a {args.class_noun}"
     n, s = args.num_samples, args.seed + 500
-    before = {"instance_prompt": fidelity(pipe, judge, instance_prompt, subject_emb, n, s),
-              "class_prompt": fidelity(pipe, judge, class_prompt, subject_emb, n, s)}
-    seconds = finetune(pipe, photos, instance_prompt, args.steps, args.learning_rate, args.train_text_encoder, args.seed)
-    after = {"instance_prompt": fidelity(pipe, judge, instance_prompt, subject_emb, n, s),
-             "class_prompt": fidelity(pipe, judge, class_prompt, subject_emb, n, s)}
+    before = {
+        "instance_prompt": fidelity(pipe, judge, instance_prompt, subject_emb, n, s),
+        "class_prompt": fidelity(pipe, judge, class_prompt, subject_emb, n, s),
+    }
+    seconds = finetune(
+        pipe, photos, instance_prompt, args.steps, args.learning_rate, args.train_text_encoder, args.seed
+    )
+    after = {
+        "instance_prompt": fidelity(pipe, judge, instance_prompt, subject_emb, n, s),
+        "class_prompt": fidelity(pipe, judge, class_prompt, subject_emb, n, s),
+    }
     views = subject_emb @ subject_emb.T
-    report = {"subject": str(args.subject.relative_to(ROOT)), "instance_prompt": instance_prompt,
-              "steps": args.steps, "learning_rate": args.learning_rate, "train_text_encoder": args.train_text_encoder,
-              "seed": args.seed, "samples_per_prompt": n, "finetune_seconds": round(seconds, 1),
-              "subject_photos_self_similarity": round(views[~torch.eye(len(views), dtype=bool)].mean().item(), 4),
-              "subject_fidelity_before": {k: round(v, 4) for k, v in before.items()},
-              "subject_fidelity_after": {k: round(v, 4) for k, v in after.items()}}
+    report = {
+        "subject": str(args.subject.relative_to(ROOT)),
+        "instance_prompt": instance_prompt,
+        "steps": args.steps,
+        "learning_rate": args.learning_rate,
+        "train_text_encoder": args.train_text_encoder,
+        "seed": args.seed,
+        "samples_per_prompt": n,
+        "finetune_seconds": round(seconds, 1),
+        "subject_photos_self_similarity": round(views[~torch.eye(len(views), dtype=bool)].mean().item(), 4),
+        "subject_fidelity_before": {k: round(v, 4) for k, v in before.items()},
+        "subject_fidelity_after": {k: round(v, 4) for k, v in after.items()},
+    }
     print(json.dumps(report, indent=2))
 
 

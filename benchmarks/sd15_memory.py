@@ -41,24 +41,51 @@ T4_GB = 15.0  # what a Colab T4 offers
 CUDA_CONTEXT_GB = 0.5  # CUDA context and kernels: outside PyTorch's allocator, not in max_memory_reserved
 
 UNET_CONFIG = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True,
-    freq_shift=0, downsample_padding=1, mid_block_scale_factor=1,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
 )
-TEXT_CONFIG = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                   num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
 EXTRA_RECIPES = {
     "check: fp32, 8-bit AdamW": MemoryConfig(mixed_precision="no", use_8bit_adam=True, gradient_checkpointing=False),
-    "check: fp32, 8-bit AdamW, checkpointing": MemoryConfig(mixed_precision="no", use_8bit_adam=True,
-                                                            gradient_checkpointing=True),
+    "check: fp32, 8-bit AdamW, checkpointing": MemoryConfig(
+        mixed_precision="no", use_8bit_adam=True, gradient_checkpointing=True
+    ),
     "check: + 8-bit AdamW + text encoder": MemoryConfig(gradient_checkpointing=False, train_text_encoder=True),
 }
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    norm_num_groups=32, act_fn="silu", sample_size=512, scaling_factor=0.18215,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
+    act_fn="silu",
+    sample_size=512,
+    scaling_factor=0.18215,
 )
 
 
@@ -72,8 +99,10 @@ def build_models(cfg: MemoryConfig, device: torch.device) -> dict:
         unet = UNet2DConditionModel(**UNET_CONFIG)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
         vae = AutoencoderKL(**VAE_CONFIG)
-    counts = {name: sum(p.numel() for p in m.parameters())
-              for name, m in (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))}
+    counts = {
+        name: sum(p.numel() for p in m.parameters())
+        for name, m in (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))
+    }
     if counts != SD15_PARAMS:
         raise SystemExit(f"parameter counts {counts} differ from helpers.training.memory.SD15_PARAMS {SD15_PARAMS}")
     half = torch.float16 if cfg.mixed_precision == "fp16" else torch.float32
@@ -85,8 +114,9 @@ def build_models(cfg: MemoryConfig, device: torch.device) -> dict:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear")
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
     return {"unet": unet, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler, "counts": counts}
 
 
@@ -133,8 +163,14 @@ def measure(cfg: MemoryConfig, steps: int, device: torch.device) -> dict:
 
     def mark(step: int, phase: str) -> None:
         torch.cuda.synchronize()
-        phases.append({"step": step, "phase": phase, "allocated": torch.cuda.memory_allocated(),
-                       "peak": torch.cuda.max_memory_allocated()})
+        phases.append(
+            {
+                "step": step,
+                "phase": phase,
+                "allocated": torch.cuda.memory_allocated(),
+                "peak": torch.cuda.max_memory_allocated(),
+            }
+        )
 
     mark(0, "start")
     skipped = 0
@@ -172,14 +208,23 @@ def measure(cfg: MemoryConfig, steps: int, device: torch.device) -> dict:
     peak_phase = next(p for p in phases if p["peak"] >= allocated)
     forward = [b["allocated"] - a["allocated"] for a, b in zip(phases, phases[1:]) if b["phase"] == "forward"]
     result = {
-        "allocated_gb": allocated / GB, "reserved_gb": reserved / GB,
+        "allocated_gb": allocated / GB,
+        "reserved_gb": reserved / GB,
         "peak_reached_in": f"step {peak_phase['step']} {peak_phase['phase']}",
-        "optimizer_state_gb": state_bytes(optimizer) / GB, "skipped_steps": int(skipped),
+        "optimizer_state_gb": state_bytes(optimizer) / GB,
+        "skipped_steps": int(skipped),
         "forward_saved_gb": max(forward) / GB,  # activations (and autocast copies) kept for the backward pass
         "steady_gb": phases[-1]["allocated"] / GB,  # weights, optimizer state, frozen parts between steps
         "seconds_per_step": seconds / steps,
-        "phases": [{"step": p["step"], "phase": p["phase"], "allocated_gb": round(p["allocated"] / GB, 3),
-                    "peak_gb": round(p["peak"] / GB, 3)} for p in phases],
+        "phases": [
+            {
+                "step": p["step"],
+                "phase": p["phase"],
+                "allocated_gb": round(p["allocated"] / GB, 3),
+                "peak_gb": round(p["peak"] / GB, 3),
+            }
+            for p in phases
+        ],
     }
     return result
 
@@ -199,8 +244,11 @@ def main() -> None:
 
     diffusers_logging.set_verbosity_error()  # not the fp16 VAE cast warning, once per recipe
     device = torch.device("cuda")
-    recipes = {k: replace(v, resolution=args.resolution) for k, v in sd15_recipes().items()
-               if not args.recipes or k in args.recipes}
+    recipes = {
+        k: replace(v, resolution=args.resolution)
+        for k, v in sd15_recipes().items()
+        if not args.recipes or k in args.recipes
+    }
     if args.extra:
         recipes |= {k: replace(v, resolution=args.resolution) for k, v in EXTRA_RECIPES.items()}
     try:
@@ -218,9 +266,16 @@ def main() -> None:
         gc.collect()  # the recipe's models and optimizer are gone: the next one starts from an empty GPU
         torch.cuda.empty_cache()
         est = estimate(cfg)["total"] / GB
-        rows.append({"recipe": name, "estimate_gb": est, **measured,
-                     "error_pct": 100 * (est - measured["allocated_gb"]) / measured["allocated_gb"],
-                     "fits_t4": measured["reserved_gb"] + CUDA_CONTEXT_GB <= T4_GB, "config": asdict(cfg)})
+        rows.append(
+            {
+                "recipe": name,
+                "estimate_gb": est,
+                **measured,
+                "error_pct": 100 * (est - measured["allocated_gb"]) / measured["allocated_gb"],
+                "fits_t4": measured["reserved_gb"] + CUDA_CONTEXT_GB <= T4_GB,
+                "config": asdict(cfg),
+            }
+        )
 
     print(f"{torch.cuda.get_device_name(0)}, {args.resolution} px, {args.steps} steps, 2 samples a step")
     print(f"{'recipe':40} {'allocated':>9} {'reserved':>9} {'estimate':>9} {'error':>7}  fits T4*")
@@ -228,13 +283,25 @@ def main() -> None:
         if "error" in r:
             print(f"{r['recipe']:40} skipped: {r['error']}")
             continue
-        print(f"{r['recipe']:40} {r['allocated_gb']:8.2f}G {r['reserved_gb']:8.2f}G {r['estimate_gb']:8.2f}G "
-              f"{r['error_pct']:+6.1f}%  {'yes' if r['fits_t4'] else 'no'}")
-    print(f"GB = 2**30 bytes; error = (estimate - allocated) / allocated; *fits T4: reserved + "
-          f"{CUDA_CONTEXT_GB} GB CUDA context <= {T4_GB} GB")
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "diffusers": diffusers.__version__,
-              "bitsandbytes": bnb_version, "resolution": args.resolution, "steps": args.steps,
-              "t4_gb": T4_GB, "cuda_context_gb": CUDA_CONTEXT_GB, "recipes": rows}
+        print(
+            f"{r['recipe']:40} {r['allocated_gb']:8.2f}G {r['reserved_gb']:8.2f}G {r['estimate_gb']:8.2f}G "
+            f"{r['error_pct']:+6.1f}%  {'yes' if r['fits_t4'] else 'no'}"
+        )
+    print(
+        f"GB = 2**30 bytes; error = (estimate - allocated) / allocated; *fits T4: reserved + "
+        f"{CUDA_CONTEXT_GB} GB CUDA context <= {T4_GB} GB"
+    )
+    report = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "bitsandbytes": bnb_version,
+        "resolution": args.resolution,
+        "steps": args.steps,
+        "t4_gb": T4_GB,
+        "cuda_context_gb": CUDA_CONTEXT_GB,
+        "recipes": rows,
+    }
     print(json.dumps(report))
 
 

@@ -15,12 +15,11 @@ import statistics
 import time
 from pathlib import Path
 
-from helpers.toy import world as toyworld
 from helpers import upscaler
-from helpers.core.paths import DATA
 from helpers.core.images import load_image_folder
-from helpers.core.paths import ROOT
+from helpers.core.paths import DATA, ROOT
 from helpers.core.runtime import configure_cpu
+from helpers.toy import world as toyworld
 
 
 def main() -> None:
@@ -38,25 +37,44 @@ def main() -> None:
     args = parser.parse_args()
     configure_cpu()
     photos = load_image_folder(DATA / "subjects-128" / args.subject)
-    held_out, boxes = upscaler.subject_views_with_boxes(toyworld.SUBJECTS[args.subject], args.held_out,
-                                                        args.held_out_seed)
+    held_out, boxes = upscaler.subject_views_with_boxes(
+        toyworld.SUBJECTS[args.subject], args.held_out, args.held_out_seed
+    )
     low = upscaler.downsample(held_out)
     base = upscaler.load_upscaler(args.model)
     rows: dict[str, list[dict]] = {"bicubic": [upscaler.score(upscaler.bicubic(low), held_out, boxes)]}
     for seed in args.seeds:
         tuned = upscaler.load_upscaler(args.model)
-        fit = upscaler.finetune(tuned, photos, upscaler.FinetuneConfig(
-            output_dir=str(ROOT / "outputs" / "benchmarks" / f"upscaler-seed{seed}"), max_train_steps=args.steps,
-            learning_rate=args.learning_rate, train_batch_size=args.batch_size, augment=args.augment, seed=seed,
-            progress=False))
+        fit = upscaler.finetune(
+            tuned,
+            photos,
+            upscaler.FinetuneConfig(
+                output_dir=str(ROOT / "outputs" / "benchmarks" / f"upscaler-seed{seed}"),
+                max_train_steps=args.steps,
+                learning_rate=args.learning_rate,
+                train_batch_size=args.batch_size,
+                augment=args.augment,
+                seed=seed,
+                progress=False,
+            ),
+        )
         start = time.time()
         before = upscaler.score(base(low, args.sr_steps, seed=seed), held_out, boxes)
         after = upscaler.score(tuned(low, args.sr_steps, seed=seed), held_out, boxes)
         seconds = (time.time() - start) / (2 * len(low))
         rows.setdefault("pretrained", []).append(before)
         rows.setdefault("fine-tuned", []).append(after)
-        print(json.dumps({"seed": seed, "pretrained": before, "fine-tuned": after,
-                          "finetune_seconds": round(fit.seconds, 1), "seconds_per_image": round(seconds, 3)}))
+        print(
+            json.dumps(
+                {
+                    "seed": seed,
+                    "pretrained": before,
+                    "fine-tuned": after,
+                    "finetune_seconds": round(fit.seconds, 1),
+                    "seconds_per_image": round(seconds, 3),
+                }
+            )
+        )
     for name, values in rows.items():
         cells = []
         for key in values[0]:

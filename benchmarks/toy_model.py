@@ -24,23 +24,44 @@ import json
 import statistics
 import time
 
-from helpers.evaluation import metrics
 from helpers.core.images import load_image_folder
-from helpers.evaluation.evaluate import fidelity_ceiling, toy_scorers
+from helpers.core.paths import ROOT
+from helpers.core.runtime import configure_cpu
 from helpers.diffusion.generate import generate_images
+from helpers.diffusion.profiles import TOY, TOY_JUDGE, load_pipeline
+from helpers.evaluation import metrics
+from helpers.evaluation.evaluate import fidelity_ceiling, toy_scorers
 from helpers.toy.judge import judge_accuracy, judge_images, load_judge
 from helpers.toy.pretrain import vae_psnr
-from helpers.core.paths import ROOT
-from helpers.diffusion.profiles import TOY, TOY_JUDGE, load_pipeline
-from helpers.core.runtime import configure_cpu
 from helpers.toy.world import class_views, new_subject_photos, parse_prompt, prompt_for, random_sample, render
 
-PAIRS = [("dog", "red"), ("sunglasses", "blue"), ("cup", "yellow"), ("house", "pink"), ("cat", "white"),
-         ("tree", "purple"), ("car", "green"), ("flower", "orange")]
+PAIRS = [
+    ("dog", "red"),
+    ("sunglasses", "blue"),
+    ("cup", "yellow"),
+    ("house", "pink"),
+    ("cat", "white"),
+    ("tree", "purple"),
+    ("car", "green"),
+    ("flower", "orange"),
+]
 PROMPTS = [prompt_for(cls, colour) for cls, colour in PAIRS]
-POSITION_PROMPTS = [prompt_for(cls, colour, position) for (cls, colour), position in zip(
-    [("dog", "brown"), ("cat", "black"), ("cup", "green"), ("house", "blue"), ("car", "red"), ("flower", "yellow"),
-     ("tree", "pink"), ("sunglasses", "white")], ["left", "right", "center", "right", "left", "right", "left", "center"])]
+POSITION_PROMPTS = [
+    prompt_for(cls, colour, position)
+    for (cls, colour), position in zip(
+        [
+            ("dog", "brown"),
+            ("cat", "black"),
+            ("cup", "green"),
+            ("house", "blue"),
+            ("car", "red"),
+            ("flower", "yellow"),
+            ("tree", "pink"),
+            ("sunglasses", "white"),
+        ],
+        ["left", "right", "center", "right", "left", "right", "left", "center"],
+    )
+]
 CLASS_PROMPTS = {prompt_for(cls): cls for cls in ("dog", "sunglasses", "cup", "house")}
 
 
@@ -56,12 +77,15 @@ def adherence(pipe, judge, n: int, seed: int, kw: dict) -> dict:
     for prompt in POSITION_PROMPTS:
         verdict = judge_images(judge, generate_images(pipe, prompt, n, seed=seed, **kw))
         wanted = parse_prompt(prompt)["position"]
-        positions.append({"prompt": prompt, "position_accuracy":
-                          round(sum(p == wanted for p in verdict.labels["position"]) / n, 3)})
-    result = {"seed": seed, **{key: round(statistics.mean(r[key] for r in rows), 4)
-                               for key in ("class_accuracy", "colour_accuracy")},
-              "position_accuracy": round(statistics.mean(r["position_accuracy"] for r in positions), 4),
-              "prompts": rows + positions}
+        positions.append(
+            {"prompt": prompt, "position_accuracy": round(sum(p == wanted for p in verdict.labels["position"]) / n, 3)}
+        )
+    result = {
+        "seed": seed,
+        **{key: round(statistics.mean(r[key] for r in rows), 4) for key in ("class_accuracy", "colour_accuracy")},
+        "position_accuracy": round(statistics.mean(r["position_accuracy"] for r in positions), 4),
+        "prompts": rows + positions,
+    }
     print(json.dumps(result), flush=True)
     return result
 
@@ -73,18 +97,25 @@ def class_prompts(pipe, judge, n: int, seed: int, kw: dict) -> list[dict]:
         verdict = judge_images(judge, generate_images(pipe, prompt, n, seed=seed, **kw))
         renders = judge_images(judge, class_views(cls, n, seed=seed)).embeddings
         other_renders = judge_images(judge, class_views(cls, n, seed=seed + 1)).embeddings
-        rows.append({"prompt": prompt,
-                     "class_accuracy": round(metrics.prompt_fidelity(verdict, parse_prompt(prompt))["class_accuracy"], 3),
-                     "div": round(metrics.diversity(verdict.embeddings), 3),
-                     "colours_seen": len(set(verdict.labels["colour"])),
-                     "frechet_samples_vs_renders": round(metrics.frechet_distance(verdict.embeddings, renders), 4),
-                     "frechet_renders_vs_renders": round(metrics.frechet_distance(other_renders, renders), 4)})
+        rows.append(
+            {
+                "prompt": prompt,
+                "class_accuracy": round(metrics.prompt_fidelity(verdict, parse_prompt(prompt))["class_accuracy"], 3),
+                "div": round(metrics.diversity(verdict.embeddings), 3),
+                "colours_seen": len(set(verdict.labels["colour"])),
+                "frechet_samples_vs_renders": round(metrics.frechet_distance(verdict.embeddings, renders), 4),
+                "frechet_renders_vs_renders": round(metrics.frechet_distance(other_renders, renders), 4),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def mean_sd(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4), "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+    }
 
 
 def main() -> None:
@@ -99,8 +130,11 @@ def main() -> None:
     configure_cpu()
     pipe, judge = load_pipeline(args.model), load_judge(TOY_JUDGE)
     n, kw = args.images_per_prompt, dict(num_inference_steps=50, guidance_scale=args.guidance_scale)
-    report: dict = {"images_per_prompt": n, "guidance_scale": args.guidance_scale,
-                    "vae_psnr_db_on_512_fresh_renders": round(vae_psnr(pipe.vae), 2)}
+    report: dict = {
+        "images_per_prompt": n,
+        "guidance_scale": args.guidance_scale,
+        "vae_psnr_db_on_512_fresh_renders": round(vae_psnr(pipe.vae), 2),
+    }
     print(json.dumps(report), flush=True)
 
     per_seed = [adherence(pipe, judge, n, seed, kw) for seed in args.adherence_seeds]
@@ -111,7 +145,9 @@ def main() -> None:
     report["class_prompts"] = rows = class_prompts(pipe, judge, args.class_images, args.seed, kw)
     report["frechet_ratio_samples_to_renders"] = round(
         statistics.mean(r["frechet_samples_vs_renders"] for r in rows)
-        / statistics.mean(r["frechet_renders_vs_renders"] for r in rows), 3)
+        / statistics.mean(r["frechet_renders_vs_renders"] for r in rows),
+        3,
+    )
 
     photos = load_image_folder(ROOT / "data" / "subjects" / "toy_dog")
     ceiling = fidelity_ceiling(toy_scorers(), photos, new_subject_photos("toy_dog", 24, seed=7), vae=pipe.vae)
@@ -132,8 +168,10 @@ def main() -> None:
         generate_images(pipe, "a photo of a red dog", 8, seed=0, **kw)
         times.append(time.perf_counter() - start)
     report["seconds_for_8_images_50_ddim_steps"] = round(statistics.median(times), 2)
-    report["judge_accuracy_on_1024_fresh_renders"] = {"rendered": judge_accuracy(judge),
-                                                      "through_the_toy_vae": judge_accuracy(judge, vae=pipe.vae)}
+    report["judge_accuracy_on_1024_fresh_renders"] = {
+        "rendered": judge_accuracy(judge),
+        "through_the_toy_vae": judge_accuracy(judge, vae=pipe.vae),
+    }
     print(json.dumps(report, indent=2))
 
 

@@ -36,15 +36,32 @@ def main() -> None:
     rows = []
     for name, extra in CONFIGS.items():
         for eight_bit in (False, True):
-            result = train(TrainConfig(
-                instance_data_dir=str(ROOT / "data" / "subjects" / "toy_dog"), instance_prompt="a photo of sks dog",
-                class_prompt="a photo of dog", class_data_dir=str(work / "class"), num_class_images=16,
-                train_batch_size=2, learning_rate=1e-4, max_train_steps=args.steps, use_8bit_adam=eight_bit,
-                checkpointing_steps=0, output_dir=str(work / "out"), progress=False, **extra))
-            rows.append({"config": name, "optimizer": "AdamW8bit" if eight_bit else "AdamW",
-                         "steps_per_second": round(result.steps_per_second, 2),
-                         "optimizer_state_MiB": round(result.optimizer_state_bytes / 2**20, 2),
-                         "trainable_parameters": result.trainable_parameters})
+            result = train(
+                TrainConfig(
+                    instance_data_dir=str(ROOT / "data" / "subjects" / "toy_dog"),
+                    instance_prompt="a photo of sks dog",
+                    class_prompt="a photo of dog",
+                    class_data_dir=str(work / "class"),
+                    num_class_images=16,
+                    train_batch_size=2,
+                    learning_rate=1e-4,
+                    max_train_steps=args.steps,
+                    use_8bit_adam=eight_bit,
+                    checkpointing_steps=0,
+                    output_dir=str(work / "out"),
+                    progress=False,
+                    **extra,
+                )
+            )
+            rows.append(
+                {
+                    "config": name,
+                    "optimizer": "AdamW8bit" if eight_bit else "AdamW",
+                    "steps_per_second": round(result.steps_per_second, 2),
+                    "optimizer_state_MiB": round(result.optimizer_state_bytes / 2**20, 2),
+                    "trainable_parameters": result.trainable_parameters,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'config':28s} {'optimizer':10s} {'steps/s':>8s} {'opt. state MiB':>15s}")
     for r in rows:

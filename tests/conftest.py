@@ -11,8 +11,8 @@ os.environ.setdefault("COURSE_OUTPUTS", str(ROOT / "outputs" / "test-run"))
 
 @pytest.fixture(scope="session")
 def toy_pipe():
-    from helpers.diffusion.profiles import load_pipeline
     from helpers.core.runtime import configure_cpu
+    from helpers.diffusion.profiles import load_pipeline
 
     configure_cpu()
     return load_pipeline("toy")
@@ -25,8 +25,8 @@ def toy_vae(toy_pipe):
 
 @pytest.fixture(scope="session")
 def judge():
-    from helpers.toy.judge import load_judge
     from helpers.diffusion.profiles import TOY_JUDGE
+    from helpers.toy.judge import load_judge
 
     return load_judge(TOY_JUDGE)
 
@@ -35,6 +35,7 @@ def judge():
 def killed_run(monkeypatch):
     """``run(trainer_cls, start, step)``: call ``start()`` with ``trainer_cls._step_loss`` raising
     KeyboardInterrupt at ``step`` (0-based), as a kill mid-training would, and expect it to stop there."""
+
     def run(trainer_cls, start, step: int) -> None:
         real = trainer_cls._step_loss
 
@@ -49,6 +50,7 @@ def killed_run(monkeypatch):
                 start()
         finally:
             monkeypatch.setattr(trainer_cls, "_step_loss", real)
+
     return run
 
 
@@ -59,8 +61,14 @@ def run_tool():
 
     def run(module: str, *args: str):
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        return subprocess.run([sys.executable, "-m", f"helpers.{module}", *args], capture_output=True, text=True,
-                              cwd=ROOT, env=env, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", f"helpers.{module}", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=600,
+        )
 
     return run
 

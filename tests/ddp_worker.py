@@ -27,16 +27,32 @@ def main(subject: str, output: str, report: str) -> None:
 
     train_mod.write_text_atomic = loop_mod.write_text_atomic = logged_write
     Trainer._save_pipeline = logged_save
-    trainer = Trainer(TrainConfig(instance_data_dir=subject, instance_prompt="a photo of sks dog", output_dir=output,
-                                  max_train_steps=3, learning_rate=1e-3, checkpointing_steps=2, progress=False))
+    trainer = Trainer(
+        TrainConfig(
+            instance_data_dir=subject,
+            instance_prompt="a photo of sks dog",
+            output_dir=output,
+            max_train_steps=3,
+            learning_rate=1e-3,
+            checkpointing_steps=2,
+            progress=False,
+        )
+    )
     trainer.train()
     digest = hashlib.sha256()
     for p in trainer.accelerator.unwrap_model(trainer.unet).parameters():
         digest.update(p.detach().cpu().numpy().tobytes())
     rank = trainer.accelerator.process_index
-    Path(report, f"rank{rank}.json").write_text(json.dumps({
-        "digest": digest.hexdigest(), "writes": writes, "world": trainer.accelerator.num_processes,
-        "distributed_type": str(trainer.accelerator.distributed_type)}))
+    Path(report, f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "digest": digest.hexdigest(),
+                "writes": writes,
+                "world": trainer.accelerator.num_processes,
+                "distributed_type": str(trainer.accelerator.distributed_type),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

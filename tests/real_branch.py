@@ -26,29 +26,39 @@ SIZES = {
     "01_add_noise_n_and_n-1": "",
     "02_denoising_loss": "NUM_TIMESTEPS, DRAWS = 4, 2",
     "03_generate_class_priors": 'NUM_CLASS_IMAGES["sd15"] = 2',
-    "04_dreambooth_8bit_adam": ('SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
-                                'SETTINGS["samples"]["sd15"] = 2'),
-    "05_language_drift": ('SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
-                          'SETTINGS["samples"]["sd15"] = 2'),
-    "06_identifier_and_text_encoder": ('SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
-                                       'SETTINGS["samples"]["sd15"], SETTINGS["eval_steps"]["sd15"] = 2, 2\n'
-                                       'SEEDS = SEEDS[:1]'),
-    "07_lora_dreambooth": ('SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
-                           'SETTINGS["samples"]["sd15"], SETTINGS["eval_steps"]["sd15"] = 2, 2\n'
-                           'SEEDS = SEEDS[:1]'),
-    "08_super_resolution_finetune": ('SD15.update(upscaler=FIXTURE.upscaler, low_size=16, sr_steps=2)\n'
-                                     'TOY.update(finetune_steps=2, held_out=2, dreambooth_steps=2, sr_steps=2)'),
+    "04_dreambooth_8bit_adam": (
+        'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\nSETTINGS["samples"]["sd15"] = 2'
+    ),
+    "05_language_drift": (
+        'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\nSETTINGS["samples"]["sd15"] = 2'
+    ),
+    "06_identifier_and_text_encoder": (
+        'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
+        'SETTINGS["samples"]["sd15"], SETTINGS["eval_steps"]["sd15"] = 2, 2\n'
+        "SEEDS = SEEDS[:1]"
+    ),
+    "07_lora_dreambooth": (
+        'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
+        'SETTINGS["samples"]["sd15"], SETTINGS["eval_steps"]["sd15"] = 2, 2\n'
+        "SEEDS = SEEDS[:1]"
+    ),
+    "08_super_resolution_finetune": (
+        "SD15.update(upscaler=FIXTURE.upscaler, low_size=16, sr_steps=2)\n"
+        "TOY.update(finetune_steps=2, held_out=2, dreambooth_steps=2, sr_steps=2)"
+    ),
 }
 
 
 def override(name: str, folders, profile_line: str, steps: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
     """The lines run after the config cell: the fixture's folders, the profile, the notebook's sizes."""
-    return [f"import sys; sys.path.insert(0, {str(TESTS)!r})",
-            "import sd_shaped",
-            f"FIXTURE = sd_shaped.Folders(**{ {k: str(v) for k, v in vars(folders).items()} !r})",  # paths as str
-            profile_line,
-            *SIZES[name].format(steps=steps).splitlines(),
-            *extra]
+    return [
+        f"import sys; sys.path.insert(0, {str(TESTS)!r})",
+        "import sd_shaped",
+        f"FIXTURE = sd_shaped.Folders(**{ {k: str(v) for k, v in vars(folders).items()}!r})",  # paths as str
+        profile_line,
+        *SIZES[name].format(steps=steps).splitlines(),
+        *extra,
+    ]
 
 
 def with_override(notebook: Path, after_config: list[str], folder: Path) -> Path:
@@ -81,8 +91,12 @@ def controlnet_command() -> list[str]:
     """The flags of the SD 1.5 command that notebook 09 shows (its backslash-continued lines joined)."""
     cells = json.loads((ROOT / "notebooks" / "09_train_controlnet.ipynb").read_text())["cells"]
     text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown").replace("\\\n", " ")
-    [line] = [line for line in text.splitlines() if line.startswith("python -m helpers.controlnet ")
-              and "--pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5" in line]
+    [line] = [
+        line
+        for line in text.splitlines()
+        if line.startswith("python -m helpers.controlnet ")
+        and "--pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5" in line
+    ]
     return shlex.split(line)[3:]
 
 

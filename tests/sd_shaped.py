@@ -22,14 +22,25 @@ TOY_TOKENIZER = ROOT / "data" / "toy-sd" / "tokenizer"
 
 # SD 1.5's own configs, and a tiny twin with the same structure (8x VAE, cross-attention at both ends).
 UNET = {
-    "sd15": dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
-                 attention_head_dim=8),
-    "tiny": dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                 attention_head_dim=8, norm_num_groups=16),
+    "sd15": dict(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    ),
+    "tiny": dict(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    ),
 }
 VAE = {
     "sd15": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
@@ -39,8 +50,16 @@ TEXT = {
     "sd15": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
 }
-SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                      set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False)
+SD15_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    clip_sample=False,
+)
 
 
 @dataclass(frozen=True)
@@ -67,17 +86,35 @@ def _text_encoder(tok, size: str):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     vocab = len(tok) if size == "tiny" else 49408  # SD 1.5's embedding table, for honest memory figures
-    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                        hidden_act="quick_gelu", **TEXT[size]))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab,
+            max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            hidden_act="quick_gelu",
+            **TEXT[size],
+        )
+    )
 
 
 def _safety_checker(size: str):
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=8) if size == "tiny" else {}
+    vision = (
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        )
+        if size == "tiny"
+        else {}
+    )
     projection = 32 if size == "tiny" else 768
     checker = StableDiffusionSafetyChecker(CLIPConfig(vision_config=vision, projection_dim=projection))
     side = 32 if size == "tiny" else 224
@@ -91,34 +128,69 @@ def pipeline(size: str = "tiny", seed: int = 0):
     torch.manual_seed(seed)
     tok = tokenizer()
     vae_blocks = len(VAE[size]["block_out_channels"])
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-                        up_block_types=("UpDecoderBlock2D",) * vae_blocks, latent_channels=4, **VAE[size])
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+        latent_channels=4,
+        **VAE[size],
+    )
     vae.register_to_config(scaling_factor=0.18215)
     checker, features = _safety_checker(size)
-    return StableDiffusionPipeline(vae=vae, text_encoder=_text_encoder(tok, size), tokenizer=tok,
-                                   unet=UNet2DConditionModel(**UNET[size]),
-                                   scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
-                                   safety_checker=checker, feature_extractor=features)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=_text_encoder(tok, size),
+        tokenizer=tok,
+        unet=UNet2DConditionModel(**UNET[size]),
+        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+        safety_checker=checker,
+        feature_extractor=features,
+    )
 
 
 def upscaler(seed: int = 0):
     """A tiny StableDiffusionUpscalePipeline shaped as stabilityai/stable-diffusion-x4-upscaler: a 4x VAE,
     a UNet that reads 4 latent + 3 image channels and a noise level."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)
     tok = tokenizer()
-    unet = UNet2DConditionModel(sample_size=16, in_channels=7, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=16, num_class_embeds=1000)
-    vae = AutoencoderKL(block_out_channels=(16, 16, 32), down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8,
-                        layers_per_block=1, scaling_factor=0.08333)
-    return StableDiffusionUpscalePipeline(vae=vae, text_encoder=_text_encoder(tok, "tiny"), tokenizer=tok, unet=unet,
-                                          low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear"),
-                                          scheduler=DDIMScheduler(prediction_type="v_prediction"), max_noise_level=350)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=7,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        num_class_embeds=1000,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        scaling_factor=0.08333,
+    )
+    return StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=_text_encoder(tok, "tiny"),
+        tokenizer=tok,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear"),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        max_noise_level=350,
+    )
 
 
 def dino(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
@@ -142,13 +214,24 @@ def clip(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
 
     tok = tokenizer()
     torch.manual_seed(seed)
-    ids = dict(max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-               pad_token_id=tok.pad_token_id)
+    ids = dict(
+        max_position_embeddings=77,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     if size == "tiny":
-        text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, **ids)
-        vision = dict(image_size=32, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2)
+        text = dict(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, **ids
+        )
+        vision = dict(
+            image_size=32,
+            patch_size=16,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
         config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
     else:  # transformers' defaults are ViT-B/32's
         config = CLIPConfig(text_config=ids)
@@ -182,5 +265,13 @@ def cpu_profile(folders: Folders, resolution: int = 64):
 
     from helpers.diffusion.profiles import SD15
 
-    return replace(SD15, model=str(folders.fp16), device="cpu", resolution=resolution, num_inference_steps=3,
-                   mixed_precision="bf16", dino_model=str(folders.dino), clip_model=str(folders.clip))
+    return replace(
+        SD15,
+        model=str(folders.fp16),
+        device="cpu",
+        resolution=resolution,
+        num_inference_steps=3,
+        mixed_precision="bf16",
+        dino_model=str(folders.dino),
+        clip_model=str(folders.clip),
+    )

@@ -2,8 +2,9 @@
 
 import json
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +17,7 @@ def _pyproject_requirements() -> set[str]:
 def _environment_requirements() -> set[str]:
     lines = (ROOT / "environment.yml").read_text().splitlines()
     start = lines.index("  - pip:")
-    return {line.strip()[2:] for line in lines[start + 1:] if line.startswith("      - ")}
+    return {line.strip()[2:] for line in lines[start + 1 :] if line.startswith("      - ")}
 
 
 def test_environment_yml_agrees_with_pyproject():
@@ -40,7 +41,11 @@ def test_makefile_installs_the_cpu_torch_first():
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make course" in readme
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci == ["make test"]
 
 

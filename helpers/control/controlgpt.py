@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from helpers.control import tikz
-from helpers.core.atomic import replace_dir_atomic
-from helpers.core.errors import UsageError
 from helpers.control.controlnet import draw, held_out_samples, load_controlnet_pipeline, true_layout
 from helpers.control.planner import ChatPlanner, Plan, Planner, RuleBasedPlanner, plan
+from helpers.core.atomic import replace_dir_atomic
+from helpers.core.errors import UsageError
 from helpers.diffusion.profiles import TOY_CONTROLNET, TOY_LOCATOR, load_pipeline
 
 if TYPE_CHECKING:
@@ -65,8 +65,13 @@ def make_planner(name: str) -> Planner:
     raise UsageError(f"--planner must be rules or chat, not {name!r}")
 
 
-def compare(seed: int = 0, count: int = 48, controlnet: str | Path = TOY_CONTROLNET, planner: Planner | None = None,
-            **draw_kwargs) -> dict[str, Outcome]:
+def compare(
+    seed: int = 0,
+    count: int = 48,
+    controlnet: str | Path = TOY_CONTROLNET,
+    planner: Planner | None = None,
+    **draw_kwargs,
+) -> dict[str, Outcome]:
     """The three methods on the same held-out prompts, with the same sampling seeds."""
     from helpers.toy.locator import load_locator, locate, score_relations
 
@@ -79,28 +84,48 @@ def compare(seed: int = 0, count: int = 48, controlnet: str | Path = TOY_CONTROL
     guided = load_controlnet_pipeline(controlnet)
     locator = load_locator(TOY_LOCATOR)
     plans = [planned_sketch(planner, p) for p in prompts]
-    layouts = {"plain": None, "controlnet_true_layout": [true_layout(s, SIZE) for s in samples],
-               "controlgpt": [sketch for _, sketch in plans]}
+    layouts = {
+        "plain": None,
+        "controlnet_true_layout": [true_layout(s, SIZE) for s in samples],
+        "controlgpt": [sketch for _, sketch in plans],
+    }
     outcomes = {}
     for method, sketches in layouts.items():
         images = draw(guided if sketches else base, prompts, sketches, seed, **draw_kwargs)
         found = locate(locator, images)
-        outcomes[method] = Outcome(images, sketches, score_relations(found, samples), found,
-                                   [accepted for accepted, _ in plans] if method == "controlgpt" else None)
+        outcomes[method] = Outcome(
+            images,
+            sketches,
+            score_relations(found, samples),
+            found,
+            [accepted for accepted, _ in plans] if method == "controlgpt" else None,
+        )
     return outcomes
 
 
-def evaluate(seed: int = 0, count: int = 48, controlnet: str | Path = TOY_CONTROLNET, planner: Planner | None = None,
-             **draw_kwargs) -> dict:
+def evaluate(
+    seed: int = 0,
+    count: int = 48,
+    controlnet: str | Path = TOY_CONTROLNET,
+    planner: Planner | None = None,
+    **draw_kwargs,
+) -> dict:
     """The relation-accuracy table as one JSON-ready dict."""
     planner = planner or RuleBasedPlanner()
     outcomes = compare(seed, count, controlnet, planner, **draw_kwargs)
     return {"seed": seed, "planner": planner.name, "controlnet": str(controlnet)} | {
-        method: outcome.scores for method, outcome in outcomes.items()}
+        method: outcome.scores for method, outcome in outcomes.items()
+    }
 
 
-def draw_prompts(prompts: list[str], output_dir: str | Path, seed: int = 0, controlnet: str | Path = TOY_CONTROLNET,
-                 planner: Planner | None = None, **draw_kwargs) -> Path:
+def draw_prompts(
+    prompts: list[str],
+    output_dir: str | Path,
+    seed: int = 0,
+    controlnet: str | Path = TOY_CONTROLNET,
+    planner: Planner | None = None,
+    **draw_kwargs,
+) -> Path:
     """ControlGPT for the given prompts: each prompt's TikZ, sketch and image, written into ``output_dir``."""
     planner = planner or RuleBasedPlanner()
     plans = [planned_sketch(planner, p) for p in prompts]
@@ -135,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--controlnet_conditioning_scale", type=float, default=1.0)
     args = parser.parse_args(argv)
     configure_cpu()
-    kw = dict(controlnet=args.controlnet, planner=make_planner(args.planner),
-              conditioning_scale=args.controlnet_conditioning_scale)
+    kw = dict(
+        controlnet=args.controlnet,
+        planner=make_planner(args.planner),
+        conditioning_scale=args.controlnet_conditioning_scale,
+    )
     if args.command == "evaluate":
         print(json.dumps(evaluate(args.seed, args.count, **kw), indent=2))
     else:

@@ -20,11 +20,11 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 
-from helpers.toy import relations
 from helpers.control import tikz
 from helpers.core.errors import UsageError
 from helpers.diffusion.loading import loading
 from helpers.diffusion.profiles import HUB_ID, TOY_CONTROLNET, TOY_LOCATOR
+from helpers.toy import relations
 
 # The condition image enters at full resolution and a small convolutional embedding brings it down to
 # the latent grid, one stride-2 step per halving of the VAE: two take the toy's 64 px to its 16 x 16
@@ -37,8 +37,10 @@ BASE_SHAPE = ("in_channels", "block_out_channels", "layers_per_block", "down_blo
 def conditioning_channels(scale_factor: int) -> tuple[int, ...]:
     """The condition embedding's channels for a VAE that downsamples ``scale_factor`` times."""
     if scale_factor not in CONDITIONING_CHANNELS:
-        raise UsageError(f"the base model's VAE downsamples {scale_factor}x, and a ControlNet condition embedding "
-                         "is defined here for 4x (the toy model) and 8x (SD 1.x/2.x) only: use one of those bases")
+        raise UsageError(
+            f"the base model's VAE downsamples {scale_factor}x, and a ControlNet condition embedding "
+            "is defined here for 4x (the toy model) and 8x (SD 1.x/2.x) only: use one of those bases"
+        )
     return CONDITIONING_CHANNELS[scale_factor]
 
 
@@ -49,25 +51,29 @@ def build_controlnet(unet: UNet2DConditionModel, scale_factor: int) -> ControlNe
 
 
 def _shape(config, scale_factor: int) -> dict[str, object]:
-    return {key: tuple(config[key]) if isinstance(config[key], (list, tuple)) else config[key]
-            for key in BASE_SHAPE} | {"vae_scale_factor": scale_factor}
+    return {
+        key: tuple(config[key]) if isinstance(config[key], (list, tuple)) else config[key] for key in BASE_SHAPE
+    } | {"vae_scale_factor": scale_factor}
 
 
 def _describe(shape: dict[str, object], keys: list[str]) -> str:
     return ", ".join(f"{key} {shape[key]}" for key in keys)
 
 
-def check_fits(controlnet: ControlNetModel, unet: UNet2DConditionModel, scale_factor: int, where: str,
-               base: str) -> None:
+def check_fits(
+    controlnet: ControlNetModel, unet: UNet2DConditionModel, scale_factor: int, where: str, base: str
+) -> None:
     """One line, instead of a shape error deep in the UNet, when ``controlnet`` was made for another base
     than the one whose ``unet`` (and VAE of ``scale_factor``) it is to steer."""
     steps = len(controlnet.config.conditioning_embedding_out_channels) - 1
-    made_for, here = _shape(controlnet.config, 2 ** steps), _shape(unet.config, scale_factor)
+    made_for, here = _shape(controlnet.config, 2**steps), _shape(unet.config, scale_factor)
     differ = [key for key in made_for if made_for[key] != here[key]]
     if differ:
-        raise UsageError(f"the ControlNet in {where} was trained for a base with {_describe(made_for, differ)}, but "
-                         f"{base} has {_describe(here, differ)}: train a new one for this base, or pass the base it "
-                         "was made for")
+        raise UsageError(
+            f"the ControlNet in {where} was trained for a base with {_describe(made_for, differ)}, but "
+            f"{base} has {_describe(here, differ)}: train a new one for this base, or pass the base it "
+            "was made for"
+        )
 
 
 def zero_convolutions(controlnet: ControlNetModel) -> dict[str, object]:
@@ -92,8 +98,10 @@ def load_controlnet(path: str | Path = TOY_CONTROLNET) -> ControlNetModel:
     folder = Path(path).expanduser()
     local = folder.is_dir() or not HUB_ID.fullmatch(str(path))
     if local and not (folder / "config.json").exists():
-        raise UsageError(f"no ControlNet in {str(path)!r} (no config.json): train one with "
-                         "`python -m helpers.controlnet --train_data_dir DIR --output_dir DIR`")
+        raise UsageError(
+            f"no ControlNet in {str(path)!r} (no config.json): train one with "
+            "`python -m helpers.controlnet --train_data_dir DIR --output_dir DIR`"
+        )
     source = str(folder) if local else str(path)
     with loading(source):
         return ControlNetModel.from_pretrained(source).eval()
@@ -125,8 +133,16 @@ def true_layout(sample: relations.RelationSample, size: int = 64) -> Image.Image
 
 
 @torch.no_grad()
-def draw(pipe, prompts: list[str], sketches: list[Image.Image] | None = None, seed: int = 0, steps: int = 20,
-         guidance_scale: float = 7.0, conditioning_scale: float = 1.0, batch_size: int = 16) -> list[Image.Image]:
+def draw(
+    pipe,
+    prompts: list[str],
+    sketches: list[Image.Image] | None = None,
+    seed: int = 0,
+    steps: int = 20,
+    guidance_scale: float = 7.0,
+    conditioning_scale: float = 1.0,
+    batch_size: int = 16,
+) -> list[Image.Image]:
     """Images for prompts, each from its own seeded generator; through the ControlNet when sketches are given.
 
     Guidance 7 rather than the toy profile's 4: with two objects in the prompt, the toy ControlNet
@@ -134,11 +150,14 @@ def draw(pipe, prompts: list[str], sketches: list[Image.Image] | None = None, se
     """
     images: list[Image.Image] = []
     for i in range(0, len(prompts), batch_size):
-        batch = prompts[i:i + batch_size]
-        kw = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
-                  generator=[torch.Generator().manual_seed(seed + i + k) for k in range(len(batch))])
+        batch = prompts[i : i + batch_size]
+        kw = dict(
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=[torch.Generator().manual_seed(seed + i + k) for k in range(len(batch))],
+        )
         if sketches is not None:
-            kw |= dict(image=sketches[i:i + batch_size], controlnet_conditioning_scale=conditioning_scale)
+            kw |= dict(image=sketches[i : i + batch_size], controlnet_conditioning_scale=conditioning_scale)
         images += pipe(batch, **kw).images
     return images
 

@@ -24,11 +24,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from helpers.toy import relations, world as toyworld
 from helpers.control import tikz
 from helpers.core.atomic import replace_dir_atomic, write_text_atomic
 from helpers.core.errors import UsageError
 from helpers.core.images import load_rgb
+from helpers.toy import relations
+from helpers.toy import world as toyworld
 
 SIZE = 64
 DESCRIPTION = "dataset.json"  # how the folder was made, quoted by the ControlNet's model card
@@ -65,8 +66,11 @@ def write_dataset(output: str | Path, count: int, seed: int = 0, progress: bool 
         name = f"{k:05d}.png"
         row.image.save(build / "images" / name)
         row.conditioning_image.save(build / "conditioning_images" / name)
-        lines.append(json.dumps({"image": f"images/{name}", "conditioning_image": f"conditioning_images/{name}",
-                                 "text": row.text}))
+        lines.append(
+            json.dumps(
+                {"image": f"images/{name}", "conditioning_image": f"conditioning_images/{name}", "text": row.text}
+            )
+        )
     write_text_atomic(build / "train.jsonl", "\n".join(lines) + "\n")
     command = f"python -m helpers.control_data --output {shlex.quote(given)} --count {count} --seed {seed}"
     write_text_atomic(build / DESCRIPTION, json.dumps({"count": count, "seed": seed, "command": command}))
@@ -86,8 +90,12 @@ class Entry:
         return Row(load_rgb(self.image), load_rgb(self.conditioning_image), self.text)
 
 
-def read_index(folder: str | Path, image_column: str = "image", conditioning_image_column: str = "conditioning_image",
-               caption_column: str = "text") -> list[Entry]:
+def read_index(
+    folder: str | Path,
+    image_column: str = "image",
+    conditioning_image_column: str = "conditioning_image",
+    caption_column: str = "text",
+) -> list[Entry]:
     """The rows of a fill50k-style folder (``train.jsonl`` beside the images), checked but not loaded."""
     folder = Path(folder).expanduser()
     index = folder / "train.jsonl"
@@ -100,9 +108,11 @@ def read_index(folder: str | Path, image_column: str = "image", conditioning_ima
             row = json.loads(line)
             image, conditioning_image, text = (row[c] for c in columns)
         except (ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"{index}, line {number}: not a row with the columns {', '.join(columns)} "
-                             f"({type(err).__name__}: {err}); name the columns with --image_column, "
-                             "--conditioning_image_column and --caption_column") from None
+            raise UsageError(
+                f"{index}, line {number}: not a row with the columns {', '.join(columns)} "
+                f"({type(err).__name__}: {err}); name the columns with --image_column, "
+                "--conditioning_image_column and --caption_column"
+            ) from None
         entries.append(Entry(folder / image, folder / conditioning_image, str(text)))
     if not entries:
         raise UsageError(f"{index} has no rows")

@@ -23,20 +23,32 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from helpers.control import tikz
-from helpers.toy import world as toyworld
 from helpers.core.errors import UsageError
+from helpers.toy import world as toyworld
 from helpers.toy.relations import CENTRES, RELATIONS
 
 # Width and height (canvas units, 10 x 10) of each class's box in a two-object toy scene: the
 # proportions an LLM knows from the world (a tree is taller than wide, sunglasses are flat), here
 # the medians of 800 toy renders (`relations.typical_box_sizes`, checked by a test).
-CLASS_BOXES = {"dog": (3.6, 2.5), "cat": (2.8, 2.7), "sunglasses": (3.8, 1.4), "cup": (3.0, 2.7),
-               "house": (3.3, 3.1), "tree": (3.1, 3.4), "car": (3.8, 2.3), "flower": (2.5, 3.8)}
-SYSTEM_PROMPT = """You draw layouts of images as TikZ code on a 10 x 10 canvas (x to the right, y up).
+CLASS_BOXES = {
+    "dog": (3.6, 2.5),
+    "cat": (2.8, 2.7),
+    "sunglasses": (3.8, 1.4),
+    "cup": (3.0, 2.7),
+    "house": (3.3, 3.1),
+    "tree": (3.1, 3.4),
+    "car": (3.8, 2.3),
+    "flower": (2.5, 3.8),
+}
+SYSTEM_PROMPT = (
+    """You draw layouts of images as TikZ code on a 10 x 10 canvas (x to the right, y up).
 Draw each object the prompt names as a rectangle where it should appear, filled with its colour,
 and put a \\node at the rectangle's centre whose text is the object's name. Use only \\draw,
-\\fill, \\filldraw and \\node ... at (x,y) {name}; colours: """ + ", ".join(tikz.COLOURS) + """.
+\\fill, \\filldraw and \\node ... at (x,y) {name}; colours: """
+    + ", ".join(tikz.COLOURS)
+    + """.
 Answer with the code alone, from \\begin{tikzpicture} to \\end{tikzpicture}."""
+)
 
 
 @dataclass(frozen=True)
@@ -52,20 +64,23 @@ class Thing:
 
 
 def parse_relation_prompt(prompt: str) -> tuple[Thing, str, Thing]:
-    """"a red dog to the left of a blue cup" -> (Thing(dog, red), "left", Thing(cup, blue))."""
+    """ "a red dog to the left of a blue cup" -> (Thing(dog, red), "left", Thing(cup, blue))."""
     text = " ".join(prompt.lower().replace(",", " ").split())
     for phrase, relation in RELATIONS.items():
         if f" {phrase} " in f" {text} ":
             first, second = text.split(phrase, 1)
             return _thing(first, prompt), relation, _thing(second, prompt)
-    raise UsageError(f"no spatial relation in {prompt!r}: say 'A to the left of B', 'to the right of', "
-                     f"'above' or 'below'")
+    raise UsageError(
+        f"no spatial relation in {prompt!r}: say 'A to the left of B', 'to the right of', 'above' or 'below'"
+    )
 
 
 def _thing(words: str, prompt: str) -> Thing:
     found = toyworld.parse_prompt(words)
     if found["class"] is None:
-        raise UsageError(f"no object class in {words.strip()!r} of {prompt!r}: name one of {', '.join(toyworld.CLASSES)}")
+        raise UsageError(
+            f"no object class in {words.strip()!r} of {prompt!r}: name one of {', '.join(toyworld.CLASSES)}"
+        )
     return Thing(found["class"], found["colour"])
 
 
@@ -96,15 +111,18 @@ class RuleBasedPlanner:
 class ChatPlanner:
     """An OpenAI-compatible chat endpoint as the planner, in the paper's manner."""
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, model: str | None = None,
-                 timeout: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str | None = None, api_key: str | None = None, model: str | None = None, timeout: float = 60.0
+    ) -> None:
         self.base_url = (base_url or os.environ.get("CONTROLGPT_BASE_URL", "")).rstrip("/")
         self.api_key = api_key or os.environ.get("CONTROLGPT_API_KEY", "")
         self.model = model or os.environ.get("CONTROLGPT_MODEL", "")
         self.timeout = timeout
         if not self.base_url or not self.model:
-            raise UsageError("the chat planner needs CONTROLGPT_BASE_URL (for example https://api.openai.com/v1) "
-                             "and CONTROLGPT_MODEL set; use the rule-based planner offline")
+            raise UsageError(
+                "the chat planner needs CONTROLGPT_BASE_URL (for example https://api.openai.com/v1) "
+                "and CONTROLGPT_MODEL set; use the rule-based planner offline"
+            )
         self.name = f"chat: {self.model}"
 
     def __call__(self, prompt: str, feedback: str | None = None) -> str:
@@ -112,8 +130,14 @@ class ChatPlanner:
         if feedback:
             messages.append({"role": "user", "content": f"Your code failed: {feedback}. Write it again."})
         body = json.dumps({"model": self.model, "messages": messages, "temperature": 0}).encode()
-        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers={
-            "Content-Type": "application/json", **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
+        request = urllib.request.Request(
+            f"{self.base_url}/chat/completions",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
+            },
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 answer = json.loads(response.read())["choices"][0]["message"]["content"]

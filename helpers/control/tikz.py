@@ -29,9 +29,18 @@ CANVAS = 10.0
 GLYPH_CELLS = 3
 LABEL_STYLES = ("text", "glyph", "none")
 COLOURS = {
-    "black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128), "grey": (128, 128, 128),
-    "red": (214, 39, 40), "orange": (255, 127, 14), "yellow": (240, 220, 40), "green": (44, 160, 44),
-    "blue": (31, 90, 220), "purple": (148, 60, 189), "pink": (247, 140, 200), "brown": (140, 86, 45),
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+    "red": (214, 39, 40),
+    "orange": (255, 127, 14),
+    "yellow": (240, 220, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 90, 220),
+    "purple": (148, 60, 189),
+    "pink": (247, 140, 200),
+    "brown": (140, 86, 45),
 }
 LINE_WIDTHS = {"thin": 0.4, "thick": 0.8, "very thick": 1.2, "ultra thick": 1.6}  # in pt, as TikZ
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
@@ -97,8 +106,11 @@ def _options(text: str, line: int, command: str) -> tuple[tuple | None, tuple | 
             if command == "fill":
                 fill = draw
         else:
-            raise TikzError(line, f"unsupported option {raw!r}: use a colour ({', '.join(COLOURS)}), "
-                                  f"fill=COLOUR, draw=COLOUR, {', '.join(LINE_WIDTHS)} or line width=Npt")
+            raise TikzError(
+                line,
+                f"unsupported option {raw!r}: use a colour ({', '.join(COLOURS)}), "
+                f"fill=COLOUR, draw=COLOUR, {', '.join(LINE_WIDTHS)} or line width=Npt",
+            )
     if command == "fill" and fill is None:
         fill = draw if draw is not None else (0, 0, 0)
     if command == "fill":
@@ -127,7 +139,7 @@ def _path(body: str, line: int, draw, fill, width: float) -> list[Shape]:
     if not first:
         raise TikzError(line, f"a path starts with a point like (1,2), got {rest[:20]!r}")
     current = [_point(first, line)]
-    rest = rest[first.end():].strip()
+    rest = rest[first.end() :].strip()
     closed = False
 
     def flush() -> None:
@@ -148,8 +160,9 @@ def _path(body: str, line: int, draw, fill, width: float) -> list[Shape]:
         elif m := re.match(rf"rectangle\s*{POINT.pattern}", rest):
             flush()
             corner = _point(m, line)
-            shapes.append(Shape("rectangle", [current[-1], corner], closed=True, draw=draw, fill=fill, width=width,
-                                line=line))
+            shapes.append(
+                Shape("rectangle", [current[-1], corner], closed=True, draw=draw, fill=fill, width=width, line=line)
+            )
             current[:] = [corner]
         elif m := re.match(r"circle\s*\(([^)]*)\)", rest):
             flush()
@@ -160,9 +173,12 @@ def _path(body: str, line: int, draw, fill, width: float) -> list[Shape]:
             radii = (_number(m[1], line, "an ellipse's x radius"), _number(m[2], line, "an ellipse's y radius"))
             shapes.append(Shape("ellipse", [current[-1]], radii, True, draw, fill, width, line=line))
         else:
-            raise TikzError(line, f"cannot read {rest[:24]!r}: a path continues with -- (x,y), rectangle (x,y), "
-                                  f"circle (r), ellipse (rx and ry) or -- cycle")
-        rest = rest[m.end():].strip()
+            raise TikzError(
+                line,
+                f"cannot read {rest[:24]!r}: a path continues with -- (x,y), rectangle (x,y), "
+                f"circle (r), ellipse (rx and ry) or -- cycle",
+            )
+        rest = rest[m.end() :].strip()
     flush()
     if not shapes:
         raise TikzError(line, "the path draws nothing: add -- (x,y), rectangle (x,y) or circle (r)")
@@ -181,7 +197,9 @@ def _statement(text: str, line: int) -> list[Shape]:
             fill = draw
         return _path(m[3], line, draw, fill, width)
     word = re.match(r"\\?[^\s\[\](){};]*", text)[0] or text[:10]
-    raise TikzError(line, f"unsupported command '{word}': use \\draw, \\fill, \\filldraw or \\node ... at (x,y) {{text}}")
+    raise TikzError(
+        line, f"unsupported command '{word}': use \\draw, \\fill, \\filldraw or \\node ... at (x,y) {{text}}"
+    )
 
 
 def parse(code: str) -> Drawing:
@@ -237,10 +255,10 @@ def glyph(word: str) -> list[list[bool]]:
     a small ControlNet can read, the way a map's legend turns symbols back into names.
     """
     digest = hashlib.sha256(word.strip().lower().encode()).digest()
-    bits = [bool(digest[k] & 1) for k in range(GLYPH_CELLS ** 2)]
+    bits = [bool(digest[k] & 1) for k in range(GLYPH_CELLS**2)]
     if not any(bits):
-        bits[GLYPH_CELLS ** 2 // 2] = True
-    return [bits[r * GLYPH_CELLS:(r + 1) * GLYPH_CELLS] for r in range(GLYPH_CELLS)]
+        bits[GLYPH_CELLS**2 // 2] = True
+    return [bits[r * GLYPH_CELLS : (r + 1) * GLYPH_CELLS] for r in range(GLYPH_CELLS)]
 
 
 def _draw_glyph(pen: ImageDraw.ImageDraw, word: str, centre: tuple[float, float], size: int) -> None:
@@ -255,8 +273,9 @@ def _draw_glyph(pen: ImageDraw.ImageDraw, word: str, centre: tuple[float, float]
                 pen.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(0, 0, 0))
 
 
-def render(drawing: Drawing | str, size: int = 64, background: tuple[int, int, int] = (255, 255, 255),
-           labels: str = "text") -> Image.Image:
+def render(
+    drawing: Drawing | str, size: int = 64, background: tuple[int, int, int] = (255, 255, 255), labels: str = "text"
+) -> Image.Image:
     """Draw the shapes at ``size`` pixels; node labels as ``text`` (PIL's default font), as a
     ``glyph`` code square (what the toy ControlNet reads), or ``none``."""
     if labels not in LABEL_STYLES:
@@ -269,12 +288,20 @@ def render(drawing: Drawing | str, size: int = 64, background: tuple[int, int, i
         width = max(1, round(s.width / 0.4 * size / 64))
         if s.kind == "rectangle":
             (x0, y0), (x1, y1) = _px(s.points[0], size), _px(s.points[1], size)
-            pen.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=s.fill, outline=s.draw,
-                          width=width if s.draw else 0)
+            pen.rectangle(
+                (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)),
+                fill=s.fill,
+                outline=s.draw,
+                width=width if s.draw else 0,
+            )
         elif s.kind in ("circle", "ellipse"):
             (x, y), rx, ry = _px(s.points[0], size), s.radii[0] / CANVAS * size, s.radii[1] / CANVAS * size
-            pen.ellipse((x - abs(rx), y - abs(ry), x + abs(rx), y + abs(ry)), fill=s.fill, outline=s.draw,
-                        width=width if s.draw else 0)
+            pen.ellipse(
+                (x - abs(rx), y - abs(ry), x + abs(rx), y + abs(ry)),
+                fill=s.fill,
+                outline=s.draw,
+                width=width if s.draw else 0,
+            )
         elif s.kind == "path":
             pts = [_px(p, size) for p in s.points]
             if s.closed and s.fill is not None:

@@ -29,21 +29,30 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from helpers.control.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
+from helpers.control.dataset import DESCRIPTION, Entry, read_index
 from helpers.core.atomic import write_text_atomic
 from helpers.core.cli import train_main
 from helpers.core.errors import UsageError
-from helpers.control.dataset import DESCRIPTION, Entry, read_index
-from helpers.control.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
-from helpers.diffusion.latents import encode as encode_latents, preprocess, vae_scale_factor
+from helpers.core.runtime import release_device_memory
+from helpers.diffusion.latents import encode as encode_latents
+from helpers.diffusion.latents import preprocess, vae_scale_factor
 from helpers.diffusion.loading import check_float32, load_parts
 from helpers.diffusion.profiles import resolve_model
-from helpers.core.runtime import release_device_memory
+from helpers.training.loop import (
+    denoising_target,
+    finish,
+    fit,
+    load_history,
+    make_accelerator,
+    step_generator,
+    weight_dtype,
+    write_result,
+)
 from helpers.training.settings import TrainerResult, TrainerSettings, flag
-from helpers.training.loop import (denoising_target, finish, fit, load_history, make_accelerator, step_generator,
-                                   weight_dtype, write_result)
 
 DECODER = ("up_blocks", "conv_norm_out", "conv_out")  # what unlock_unet_decoder trains
-CACHE_ROWS = 20_000   # above this (fill50k at 512 px) rows are encoded per batch instead of kept in memory
+CACHE_ROWS = 20_000  # above this (fill50k at 512 px) rows are encoded per batch instead of kept in memory
 VALIDATION = "validation.json"
 
 
@@ -51,10 +60,12 @@ VALIDATION = "validation.json"
 class ControlNetConfig(TrainerSettings):
     """The ControlNet trainer's settings; names follow diffusers' train_controlnet.py flags."""
 
-    train_data_dir: str = field(metadata={"help": "folder with train.jsonl and its images "
-                                                  "(python -m helpers.control_data writes one)"})
-    controlnet_model_name_or_path: str | None = flag(None, "a ControlNet to go on training "
-                                                           "(default: a new one copied from the UNet)")
+    train_data_dir: str = field(
+        metadata={"help": "folder with train.jsonl and its images (python -m helpers.control_data writes one)"}
+    )
+    controlnet_model_name_or_path: str | None = flag(
+        None, "a ControlNet to go on training (default: a new one copied from the UNet)"
+    )
     image_column: str = "image"
     conditioning_image_column: str = "conditioning_image"
     caption_column: str = "text"
@@ -62,23 +73,34 @@ class ControlNetConfig(TrainerSettings):
     train_batch_size: int = 16
     learning_rate: float = 5e-4
     max_train_steps: int = 2000
-    proportion_empty_prompts: float = flag(0.0, "fraction of captions replaced by \"\" so that "
-                                                "classifier-free guidance works")
-    unlock_unet_decoder: bool = flag(False, "also train the UNet's decoder (the ControlNet authors' "
-                                            "sd_locked=False), for images the base model has never drawn; "
-                                            "saved in unet/")
+    proportion_empty_prompts: float = flag(
+        0.0, 'fraction of captions replaced by "" so that classifier-free guidance works'
+    )
+    unlock_unet_decoder: bool = flag(
+        False,
+        "also train the UNet's decoder (the ControlNet authors' "
+        "sd_locked=False), for images the base model has never drawn; "
+        "saved in unet/",
+    )
     validation_steps: int = flag(100, "score the ControlNet every this many steps (with --validation_layouts)")
-    validation_layouts: int = flag(0, "toy model: held-out two-object layouts drawn and scored by the locator "
-                                      "at each validation (the convergence curve in validation.json)")
+    validation_layouts: int = flag(
+        0,
+        "toy model: held-out two-object layouts drawn and scored by the locator "
+        "at each validation (the convergence curve in validation.json)",
+    )
 
     def check(self) -> None:
         """Bad settings end with one line that says what to change."""
         super().check()
         if not 0 <= self.proportion_empty_prompts <= 1:
-            raise UsageError(f"--proportion_empty_prompts is a fraction between 0 and 1 (got {self.proportion_empty_prompts})")
+            raise UsageError(
+                f"--proportion_empty_prompts is a fraction between 0 and 1 (got {self.proportion_empty_prompts})"
+            )
         if self.validation_layouts and self.pretrained_model_name_or_path != "toy":
-            raise UsageError("--validation_layouts scores toy-world layouts with the toy locator: it needs "
-                             "--pretrained_model_name_or_path toy")
+            raise UsageError(
+                "--validation_layouts scores toy-world layouts with the toy locator: it needs "
+                "--pretrained_model_name_or_path toy"
+            )
 
 
 @dataclass(kw_only=True)
@@ -95,20 +117,27 @@ class ControlNetTrainer:
         self.output_dir = Path(config.output_dir)
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
         self.accelerator = make_accelerator(self.output_dir, config.gradient_accumulation_steps, config.mixed_precision)
-        self.entries = read_index(config.train_data_dir, config.image_column, config.conditioning_image_column,
-                                  config.caption_column)[:config.max_train_samples]
+        self.entries = read_index(
+            config.train_data_dir, config.image_column, config.conditioning_image_column, config.caption_column
+        )[: config.max_train_samples]
         self._load_models()
 
     def _load_models(self) -> None:
         cfg, device = self.config, self.accelerator.device
         self.weight_dtype = weight_dtype(cfg.mixed_precision)
         self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(
-            self.model_path, cfg.revision, cfg.variant)
+            self.model_path, cfg.revision, cfg.variant
+        )
         scale_factor = vae_scale_factor(self.vae.config)
         if cfg.controlnet_model_name_or_path:
             self.controlnet = load_controlnet(cfg.controlnet_model_name_or_path)
-            check_fits(self.controlnet, self.unet, scale_factor, cfg.controlnet_model_name_or_path,
-                       cfg.pretrained_model_name_or_path)
+            check_fits(
+                self.controlnet,
+                self.unet,
+                scale_factor,
+                cfg.controlnet_model_name_or_path,
+                cfg.pretrained_model_name_or_path,
+            )
         else:
             with torch.random.fork_rng():  # the condition embedding's random init follows --seed, like everything else
                 torch.manual_seed(cfg.seed)
@@ -140,8 +169,13 @@ class ControlNetTrainer:
     def _embed(self, texts: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), 256):
-            ids = self.tokenizer(texts[i:i + 256], padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids
+            ids = self.tokenizer(
+                texts[i : i + 256],
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
             out.append(self.text_encoder(ids.to(self.accelerator.device))[0].float().cpu())
         return torch.cat(out)
 
@@ -152,7 +186,7 @@ class ControlNetTrainer:
     def _prepare_data(self) -> None:
         self.cached = len(self.entries) <= CACHE_ROWS
         if self.cached:
-            parts = [self._encode(self.entries[i:i + 256]) for i in range(0, len(self.entries), 256)]
+            parts = [self._encode(self.entries[i : i + 256]) for i in range(0, len(self.entries), 256)]
             self.latents, self.embeddings, self.conditions = (torch.cat(p) for p in zip(*parts))
         self.empty = self._embed([""])
 
@@ -176,8 +210,18 @@ class ControlNetTrainer:
         def on_prepared(models: list[torch.nn.Module]) -> None:
             self.controlnet, self.unet = models if cfg.unlock_unet_decoder else (models[0], self.unet)
 
-        report = fit(acc, cfg, self.output_dir, trained, [{"params": params, "lr": cfg.learning_rate}],
-                     self._step_loss, "controlnet", on_prepared, before_loop=validate_from, after_step=self._after_step)
+        report = fit(
+            acc,
+            cfg,
+            self.output_dir,
+            trained,
+            [{"params": params, "lr": cfg.learning_rate}],
+            self._step_loss,
+            "controlnet",
+            on_prepared,
+            before_loop=validate_from,
+            after_step=self._after_step,
+        )
         result = ControlNetResult(**report, validation=self.validation)
         if acc.is_main_process:
             acc.unwrap_model(self.controlnet).save_pretrained(self.output_dir, safe_serialization=True)
@@ -199,14 +243,20 @@ class ControlNetTrainer:
         noise = torch.randn(latents.shape, generator=gen)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         latents, noise, timesteps, embeddings, conditions = (
-            t.to(acc.device) for t in (latents, noise, timesteps, embeddings, conditions))
+            t.to(acc.device) for t in (latents, noise, timesteps, embeddings, conditions)
+        )
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with acc.autocast():
-            down, mid = self.controlnet(noisy, timesteps, embeddings.to(self.weight_dtype),
-                                        controlnet_cond=conditions, return_dict=False)
-            pred = self.unet(noisy.to(self.weight_dtype), timesteps, embeddings.to(self.weight_dtype),
-                             down_block_additional_residuals=[d.to(self.weight_dtype) for d in down],
-                             mid_block_additional_residual=mid.to(self.weight_dtype)).sample
+            down, mid = self.controlnet(
+                noisy, timesteps, embeddings.to(self.weight_dtype), controlnet_cond=conditions, return_dict=False
+            )
+            pred = self.unet(
+                noisy.to(self.weight_dtype),
+                timesteps,
+                embeddings.to(self.weight_dtype),
+                down_block_additional_residuals=[d.to(self.weight_dtype) for d in down],
+                mid_block_additional_residual=mid.to(self.weight_dtype),
+            ).sample
         target = denoising_target(self.noise_scheduler, latents, noise, timesteps)
         return F.mse_loss(pred.float(), target.float()), {}
 
@@ -250,20 +300,49 @@ def model_card(config: ControlNetConfig, result: ControlNetResult, device: str) 
     """A README for the output folder: what it is, the commands that made it, and how well it follows layouts."""
     described = Path(config.train_data_dir) / DESCRIPTION
     data = json.loads(described.read_text())["command"] if described.exists() else None
-    lines = ["---", "library_name: diffusers", f"base_model: {config.pretrained_model_name_or_path}",
-             "tags: [controlnet, education]", "---", "# ControlNet", "",
-             f"A `ControlNetModel` trained from `{config.pretrained_model_name_or_path}` by the course's trainer"
-             + (" with the UNet's decoder unlocked (saved in `unet/`)" if config.unlock_unet_decoder else "") + ".", "",
-             "Produced by these commands:", "", "```"] + ([data] if data else []) + [command_line(config), "```", "",
-             f"{result.steps} steps of batch {config.train_batch_size}, seed {config.seed}, in {result.seconds:.0f} s "
-             f"on {device} ({result.steps_per_second:.2f} steps/s, validations included)."]
+    lines = (
+        [
+            "---",
+            "library_name: diffusers",
+            f"base_model: {config.pretrained_model_name_or_path}",
+            "tags: [controlnet, education]",
+            "---",
+            "# ControlNet",
+            "",
+            f"A `ControlNetModel` trained from `{config.pretrained_model_name_or_path}` by the course's trainer"
+            + (" with the UNet's decoder unlocked (saved in `unet/`)" if config.unlock_unet_decoder else "")
+            + ".",
+            "",
+            "Produced by these commands:",
+            "",
+            "```",
+        ]
+        + ([data] if data else [])
+        + [
+            command_line(config),
+            "```",
+            "",
+            f"{result.steps} steps of batch {config.train_batch_size}, seed {config.seed}, in {result.seconds:.0f} s "
+            f"on {device} ({result.steps_per_second:.2f} steps/s, validations included).",
+        ]
+    )
     if result.validation:
-        lines += ["", f"Held-out layouts drawn and read by the toy locator ({config.validation_layouts} per row):", "",
-                  "| step | object accuracy | relation accuracy |", "|---|---|---|"]
-        lines += [f"| {v['step']} | {v['object_accuracy']:.3f} | {v['relation_accuracy']:.3f} |" for v in result.validation]
+        lines += [
+            "",
+            f"Held-out layouts drawn and read by the toy locator ({config.validation_layouts} per row):",
+            "",
+            "| step | object accuracy | relation accuracy |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {v['step']} | {v['object_accuracy']:.3f} | {v['relation_accuracy']:.3f} |" for v in result.validation
+        ]
     base = "" if config.pretrained_model_name_or_path == "toy" else f", model={config.pretrained_model_name_or_path!r}"
-    lines += ["", f"Load it with `helpers.control.controlnet.load_controlnet_pipeline(folder{base})`, or "
-              "`ControlNetModel.from_pretrained(folder)`."]
+    lines += [
+        "",
+        f"Load it with `helpers.control.controlnet.load_controlnet_pipeline(folder{base})`, or "
+        "`ControlNetModel.from_pretrained(folder)`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -276,5 +355,10 @@ def train_controlnet(config: ControlNetConfig) -> ControlNetResult:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m helpers.controlnet``."""
-    train_main(ControlNetConfig, train_controlnet, "python -m helpers.controlnet",
-               "Train a ControlNet (flags of diffusers' train_controlnet.py).", argv)
+    train_main(
+        ControlNetConfig,
+        train_controlnet,
+        "python -m helpers.controlnet",
+        "Train a ControlNet (flags of diffusers' train_controlnet.py).",
+        argv,
+    )

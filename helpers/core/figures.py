@@ -28,8 +28,13 @@ def figures_dir() -> Path:
     return out
 
 
-def show_images(images: list[Image.Image], titles: list[str] | None = None, cols: int = 8,
-                name: str | None = None, size: float = 1.6):
+def show_images(
+    images: list[Image.Image],
+    titles: list[str] | None = None,
+    cols: int = 8,
+    name: str | None = None,
+    size: float = 1.6,
+):
     """A matplotlib figure of images with optional titles; saved as ``figures/<name>.png`` if named."""
     import matplotlib.pyplot as plt
 

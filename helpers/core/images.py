@@ -23,8 +23,9 @@ def image_files(folder: str | Path) -> list[Path]:
         raise UsageError(f"image folder {str(folder)!r} does not exist: check the path")
     if not folder.is_dir():
         raise UsageError(f"{str(folder)!r} is not a folder: pass the folder that holds the images")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not files:
         raise UsageError(f"image folder {str(folder)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files

@@ -18,33 +18,42 @@ from pathlib import Path
 
 from helpers.core.atomic import write_text_atomic
 from helpers.core.errors import UsageError
-from helpers.course.runner import notebooks
 from helpers.core.paths import ROOT, outputs
+from helpers.course.runner import notebooks
 
 COURSE_REPO = "https://github.com/dreambooth-from-the-inside/course"
 DRIVE = Path("/content/drive")
 DRIVE_OUTPUTS = DRIVE / "MyDrive" / "dreambooth-course" / "outputs"
 
-_HEADER = "# Colab only: fetch the course and install what Colab lacks (torch, matplotlib and ipywidgets are there already)."
-_BODY = '''COURSE_DIR = "/content/course"
-import os, subprocess, sys
+_HEADER = (
+    "# Colab only: fetch the course and install what Colab lacks (torch, matplotlib and ipywidgets are there already)."
+)
+_BODY = """COURSE_DIR = "/content/course"
+import os
+import subprocess
+import sys
 
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
     if not os.path.isdir(COURSE_DIR):  # a re-run keeps the clone it has
-        clone = subprocess.run(["git", "clone", "--depth", "1", COURSE_REPO, COURSE_DIR], capture_output=True, text=True)
+        clone = subprocess.run(
+            ["git", "clone", "--depth", "1", COURSE_REPO, COURSE_DIR], capture_output=True, text=True
+        )
         if clone.returncode:
             why = clone.stderr.strip().rsplit("\\n", 1)[-1]
-            raise SystemExit(f"could not clone {COURSE_REPO} ({why}): check the URL (a fork must be public) and that the runtime has internet")
+            raise SystemExit(
+                f"could not clone {COURSE_REPO} ({why}): check the URL (a fork must be public)"
+                " and that the runtime has internet"
+            )
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", COURSE_DIR], check=True)
-    sys.path.insert(0, COURSE_DIR)'''
+    sys.path.insert(0, COURSE_DIR)"""
 
 
 def setup_cell(repo: str = COURSE_REPO) -> str:
     """The source of every notebook's Colab cell, cloning ``repo``: a failed clone is one line naming
     the fix instead of a CalledProcessError traceback, and a re-run reuses the clone instead of failing."""
-    line = f"COURSE_REPO = {json.dumps(repo)}  # your fork: change this line, or run python -m helpers.colab --repo URL"
-    return f"{_HEADER}\n{line}\n{_BODY}"
+    fork = "# Your fork: change the next line, or run python -m helpers.colab --repo URL"
+    return f"{_HEADER}\n{fork}\nCOURSE_REPO = {json.dumps(repo)}\n{_BODY}"
 
 
 def output_root(on_drive: bool = False) -> Path:
@@ -57,8 +66,10 @@ def output_root(on_drive: bool = False) -> Path:
     if not on_drive:
         return outputs()
     if "google.colab" not in sys.modules:
-        raise UsageError("OUTPUTS_ON_DRIVE = True needs Google Drive, which is only there on Colab: "
-                         "set OUTPUTS_ON_DRIVE = False in the config cell")
+        raise UsageError(
+            "OUTPUTS_ON_DRIVE = True needs Google Drive, which is only there on Colab: "
+            "set OUTPUTS_ON_DRIVE = False in the config cell"
+        )
     from google.colab import drive
 
     drive.mount(str(DRIVE))
@@ -69,8 +80,10 @@ def _colab_cell(nb: dict, path: Path) -> dict:
     """Cell 1, refusing to overwrite a notebook whose cell 1 is something else."""
     cells = nb["cells"]
     if len(cells) < 2 or cells[1]["cell_type"] != "code" or not "".join(cells[1]["source"]).startswith("# Colab only"):
-        raise UsageError(f"{path}: cell 1 is not the Colab setup cell (a code cell starting '# Colab only'); "
-                         "put the cell there first")
+        raise UsageError(
+            f"{path}: cell 1 is not the Colab setup cell (a code cell starting '# Colab only'); "
+            "put the cell there first"
+        )
     return cells[1]
 
 
@@ -104,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.check:
         if stale:
             repo = "" if args.repo == COURSE_REPO else f" --repo {args.repo}"
-            raise UsageError(f"the Colab cell of {', '.join(p.name for p in stale)} differs from helpers.course.colab's: "
-                             f"run python -m helpers.colab{repo}")
+            raise UsageError(
+                f"the Colab cell of {', '.join(p.name for p in stale)} differs from helpers.course.colab's: "
+                f"run python -m helpers.colab{repo}"
+            )
         print(f"all {len(found)} notebooks clone {args.repo}")
         return
     for path in stale:

@@ -18,7 +18,6 @@ from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
 
 
-
 def notebooks(folder: Path = ROOT / "notebooks") -> list[Path]:
     return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
@@ -31,8 +30,11 @@ def _bar_text(state: dict, model_id: str) -> str | None:
     """A tqdm widget's final frame as text: its left label, a full bar, its right label."""
     model = state.get(model_id, {})
     children = [state.get(c.removeprefix("IPY_MODEL_"), {}) for c in model.get("state", {}).get("children", [])]
-    if model.get("model_name") != "HBoxModel" or [c.get("model_name") for c in children] != \
-            ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
+    if model.get("model_name") != "HBoxModel" or [c.get("model_name") for c in children] != [
+        "HTMLModel",
+        "FloatProgressModel",
+        "HTMLModel",
+    ]:
         return None
     left, bar, right = (c["state"] for c in children)
     filled = round(10 * bar["value"] / bar["max"]) if bar.get("max") else 0
@@ -69,8 +71,9 @@ def execute(notebook: Path, output: Path, timeout: int = 1800) -> float:
 
     nb = nbformat.read(notebook, as_version=4)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    ).execute()
     finish_widgets(nb)
     nbformat.write(nb, output / "notebooks" / notebook.name)
     return time.perf_counter() - start

@@ -19,13 +19,22 @@ from tqdm.auto import tqdm
 
 from helpers.core.atomic import write_text_atomic
 from helpers.core.errors import UsageError
-from helpers.diffusion.profiles import load_pipeline, profile_for_model
 from helpers.core.runtime import configure_cpu
+from helpers.diffusion.profiles import load_pipeline, profile_for_model
 
 
-def generate_images(pipe, prompt: str, num_images: int, seed: int = 0, num_inference_steps: int = 50,
-                    guidance_scale: float = 4.0, batch_size: int = 8, progress: bool = False,
-                    resolution: int | None = None, **pipe_kwargs) -> list[Image.Image]:
+def generate_images(
+    pipe,
+    prompt: str,
+    num_images: int,
+    seed: int = 0,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 4.0,
+    batch_size: int = 8,
+    progress: bool = False,
+    resolution: int | None = None,
+    **pipe_kwargs,
+) -> list[Image.Image]:
     """``num_images`` PIL images for one prompt ("" draws unconditional samples), at the model's
     own size unless ``resolution`` says otherwise; ``pipe_kwargs`` go to the pipeline as they are
     (``cross_attention_kwargs={"scale": 0.5}`` halves a LoRA's effect)."""
@@ -35,8 +44,15 @@ def generate_images(pipe, prompt: str, num_images: int, seed: int = 0, num_infer
     for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2):
         n = min(batch_size, num_images - start)
         gens = [torch.Generator(device).manual_seed(seed + start + i) for i in range(n)]
-        out = pipe([prompt] * n, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   generator=gens, height=resolution, width=resolution, **pipe_kwargs)
+        out = pipe(
+            [prompt] * n,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=gens,
+            height=resolution,
+            width=resolution,
+            **pipe_kwargs,
+        )
         images += out.images
     return images
 
@@ -57,7 +73,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     if not args.prompt.strip():
-        raise UsageError("the prompt is empty: pass --prompt \"a photo of a red dog\" or similar")
+        raise UsageError('the prompt is empty: pass --prompt "a photo of a red dog" or similar')
     if args.num_images < 1:
         raise UsageError(f"--num_images must be at least 1 (got {args.num_images})")
     if args.batch_size < 1:
@@ -72,13 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         raise UsageError(f"cannot create output folder {args.output_dir}: {err.strerror}") from None
     start = time.perf_counter()
-    images = generate_images(pipe, args.prompt, args.num_images, args.seed, steps, guidance, args.batch_size,
-                             progress=True)
+    images = generate_images(
+        pipe, args.prompt, args.num_images, args.seed, steps, guidance, args.batch_size, progress=True
+    )
     seconds = time.perf_counter() - start
     for i, img in enumerate(images):
         img.save(args.output_dir / f"{i:05d}.png")
-    manifest = {"model": args.model, "prompt": args.prompt, "seed": args.seed, "num_images": args.num_images,
-                "num_inference_steps": steps, "guidance_scale": guidance, "scheduler": "DDIMScheduler",
-                "seconds": round(seconds, 2)}
+    manifest = {
+        "model": args.model,
+        "prompt": args.prompt,
+        "seed": args.seed,
+        "num_images": args.num_images,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "scheduler": "DDIMScheduler",
+        "seconds": round(seconds, 2),
+    }
     write_text_atomic(args.output_dir / "generation.json", json.dumps(manifest, indent=2))
     print(f"wrote {len(images)} images to {args.output_dir} in {seconds:.1f} s")

@@ -13,14 +13,20 @@ def vae_scale_factor(vae_config) -> int:
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
-def preprocess(image: Image.Image, resolution: int, center_crop: bool = True, rng: random.Random | None = None,
-               random_flip: bool = False) -> torch.Tensor:
+def preprocess(
+    image: Image.Image,
+    resolution: int,
+    center_crop: bool = True,
+    rng: random.Random | None = None,
+    random_flip: bool = False,
+) -> torch.Tensor:
     """Resize the short side to ``resolution``, crop a square (centre, or random with ``rng``),
     optionally flip, and scale to [-1, 1] as SD's VAE expects."""
     w, h = image.size
     scale = resolution / min(w, h)
-    image = image.convert("RGB").resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
-                                        Image.Resampling.BICUBIC)
+    image = image.convert("RGB").resize(
+        (max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.Resampling.BICUBIC
+    )
     w, h = image.size
     if center_crop or rng is None:
         left, top = (w - resolution) // 2, (h - resolution) // 2
@@ -37,8 +43,10 @@ def preprocess(image: Image.Image, resolution: int, center_crop: bool = True, rn
 def encode(vae, images: list[Image.Image], resolution: int, batch_size: int = 16) -> torch.Tensor:
     """Scaled latent means of centre-cropped images (float32, on the VAE's device)."""
     x = torch.stack([preprocess(im, resolution) for im in images])
-    out = [vae.encode(x[i:i + batch_size].to(vae.device, vae.dtype)).latent_dist.mean.float()
-           for i in range(0, len(x), batch_size)]
+    out = [
+        vae.encode(x[i : i + batch_size].to(vae.device, vae.dtype)).latent_dist.mean.float()
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out) * vae.config.scaling_factor
 
 

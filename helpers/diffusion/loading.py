@@ -24,7 +24,8 @@ import torch
 from helpers.core.errors import UsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-# The hub models the course fetches: SD 1.5, and the DreamBooth paper's photo scorers (helpers.evaluation.photo_scorers).
+# The hub models the course fetches: SD 1.5, and the DreamBooth paper's photo scorers
+# (helpers.evaluation.photo_scorers).
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DINO_MODEL = "facebook/dino-vits16"
 CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -79,15 +80,21 @@ def explain(model: str, err: BaseException, revision: str | None = None) -> str:
     if names & {errors.RevisionNotFoundError.__name__}:
         return f"{model!r} has no revision {revision!r} on the hub: check --revision (a branch, tag or commit)"
     if names & {errors.GatedRepoError.__name__}:
-        return (f"{model!r} is gated on the hub: accept its licence on its page, then log in "
-                "(`huggingface-cli login`, or HF_TOKEN)")
+        return (
+            f"{model!r} is gated on the hub: accept its licence on its page, then log in "
+            "(`huggingface-cli login`, or HF_TOKEN)"
+        )
     if names & {errors.RepositoryNotFoundError.__name__}:
-        return (f"{model!r} is not a model on the hub, nor a local folder: check the spelling "
-                f"(for example {SD15_MODEL}); a private model needs `huggingface-cli login`")
+        return (
+            f"{model!r} is not a model on the hub, nor a local folder: check the spelling "
+            f"(for example {SD15_MODEL}); a private model needs `huggingface-cli login`"
+        )
     if names & {errors.LocalEntryNotFoundError.__name__, errors.OfflineModeIsEnabled.__name__}:
-        return (f"could not load {model!r}: it is not in the local cache and the hub cannot be reached (offline); "
-                f"run `python -m helpers.profiles download {model}` on a connected machine first, "
-                "or pass a local folder")
+        return (
+            f"could not load {model!r}: it is not in the local cache and the hub cannot be reached (offline); "
+            f"run `python -m helpers.profiles download {model}` on a connected machine first, "
+            "or pass a local folder"
+        )
     return f"could not load {model!r} ({first}): check the model id or folder, and the network"
 
 
@@ -112,11 +119,13 @@ def load_parts(path: str, revision: str | None = None, variant: str | None = Non
     hub = dict(revision=revision)
     weights = dict(hub, variant=variant)
     with loading(path, variant, revision):
-        return (CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **hub),
-                DDPMScheduler.from_pretrained(path, subfolder="scheduler", **hub),
-                CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32, **weights),
-                AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32, **weights),
-                UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32, **weights))
+        return (
+            CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **hub),
+            DDPMScheduler.from_pretrained(path, subfolder="scheduler", **hub),
+            CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32, **weights),
+            AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32, **weights),
+            UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32, **weights),
+        )
 
 
 def check_float32(**models: torch.nn.Module) -> None:
@@ -125,5 +134,7 @@ def check_float32(**models: torch.nn.Module) -> None:
     for name, model in models.items():
         low = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype != torch.float32}
         if low:
-            raise RuntimeError(f"the {name} was loaded as {low.pop()}: trainable weights must be float32 even with "
-                               "mixed precision (load them with dtype=torch.float32)")
+            raise RuntimeError(
+                f"the {name} was loaded as {low.pop()}: trainable weights must be float32 even with "
+                "mixed precision (load them with dtype=torch.float32)"
+            )

@@ -21,8 +21,14 @@ UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 WEIGHTS = "pytorch_lora_weights.safetensors"
 BASE = "lora_base.json"  # which base model the adapters belong to, for a clear error on a mismatch
-_SUFFIXES = (".lora.down.weight", ".lora.up.weight", ".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight",
-             ".lora_A.weight", ".lora_B.weight")
+_SUFFIXES = (
+    ".lora.down.weight",
+    ".lora.up.weight",
+    ".lora_linear_layer.down.weight",
+    ".lora_linear_layer.up.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+)
 
 
 def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: list[str]) -> int:
@@ -31,16 +37,23 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: li
     from peft import LoraConfig
 
     model.requires_grad_(False)
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
-                                 target_modules=targets))
+    model.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=targets)
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
         p.data = p.data.float()
     return sum(p.numel() for p in trainable)
 
 
-def save_lora(folder: Path, base_model: str, unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
-              rank: int, alpha: float | None) -> None:
+def save_lora(
+    folder: Path,
+    base_model: str,
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module | None,
+    rank: int,
+    alpha: float | None,
+) -> None:
     """The adapters in diffusers' LoRA format, with a note of the base model they were trained on."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -51,10 +64,12 @@ def save_lora(folder: Path, base_model: str, unet: torch.nn.Module, text_encoder
             return None
         return convert_state_dict_to_diffusers(get_peft_model_state_dict(model, save_embedding_layers=False))
 
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers(unet),
-                                              text_encoder_lora_layers=layers(text_encoder), safe_serialization=True)
-    write_text_atomic(folder / BASE, json.dumps({"base_model": base_model, "rank": rank,
-                                                 "alpha": alpha or rank}, indent=2))
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=layers(unet), text_encoder_lora_layers=layers(text_encoder), safe_serialization=True
+    )
+    write_text_atomic(
+        folder / BASE, json.dumps({"base_model": base_model, "rank": rank, "alpha": alpha or rank}, indent=2)
+    )
 
 
 def _text_encoder_mismatch(state: dict, text_encoder: torch.nn.Module | None) -> str | None:
@@ -63,8 +78,11 @@ def _text_encoder_mismatch(state: dict, text_encoder: torch.nn.Module | None) ->
     saved = any(k.startswith("text_encoder.") for k in state)
     if saved == (text_encoder is not None):
         return None
-    return ("it holds text-encoder adapters and this run trains none" if saved
-            else "it holds no text-encoder adapters and this run trains the text encoder")
+    return (
+        "it holds text-encoder adapters and this run trains none"
+        if saved
+        else "it holds no text-encoder adapters and this run trains the text encoder"
+    )
 
 
 def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
@@ -76,8 +94,9 @@ def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Mo
     from peft import set_peft_model_state_dict
 
     state, _ = StableDiffusionPipeline.lora_state_dict(str(folder))
-    unet_state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()
-                                                  if k.startswith("unet.")})
+    unet_state = convert_unet_state_dict_to_peft(
+        {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    )
     problem = _text_encoder_mismatch(state, text_encoder)
     if problem is None:
         try:
@@ -88,8 +107,10 @@ def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Mo
         except RuntimeError as err:  # torch's size-mismatch report
             problem = str(err).strip().splitlines()[-1].strip()
     if problem:
-        raise UsageError(f"the LoRA checkpoint in {folder} does not fit this model ({problem}); "
-                         f"resume with the --lora_rank, text-encoder choice and base model it was trained with")
+        raise UsageError(
+            f"the LoRA checkpoint in {folder} does not fit this model ({problem}); "
+            f"resume with the --lora_rank, text-encoder choice and base model it was trained with"
+        )
 
 
 def adapters_only_checkpoints(accelerator, base_model: str, rank: int, alpha: float | None) -> None:
@@ -146,8 +167,9 @@ def _target_shapes(folder: Path) -> dict[str, tuple[int, int]]:
 
 def check_fits(pipe, folder: Path) -> None:
     """Fail with one line if the adapters were trained on a base of another shape."""
-    modules = {part: dict(model.named_modules()) for part, model in (("unet", pipe.unet),
-                                                                    ("text_encoder", pipe.text_encoder))}
+    modules = {
+        part: dict(model.named_modules()) for part, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))
+    }
     for name, (d_out, d_in) in _target_shapes(folder).items():
         part, _, path = name.partition(".")
         found_in = modules.get(part, {})
@@ -155,8 +177,10 @@ def check_fits(pipe, folder: Path) -> None:
         have = tuple(module.weight.shape) if module is not None and hasattr(module, "weight") else None
         if have != (d_out, d_in):
             found = "missing" if have is None else f"{have[0]}x{have[1]}"
-            raise UsageError(f"the LoRA in {folder} does not fit this pipeline: {name} is {d_out}x{d_in} in the LoRA "
-                             f"but {found} here; it was trained on {base_model(folder)!r}, so load it into that model")
+            raise UsageError(
+                f"the LoRA in {folder} does not fit this pipeline: {name} is {d_out}x{d_in} in the LoRA "
+                f"but {found} here; it was trained on {base_model(folder)!r}, so load it into that model"
+            )
 
 
 def load_lora(pipe, folder: Path):

@@ -23,9 +23,15 @@ def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float 
     return clipped / s
 
 
-def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler: DDPMScheduler,
-                    num_instance: int, prior_loss_weight: float = 1.0,
-                    snr_gamma: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dreambooth_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    timesteps: torch.Tensor,
+    scheduler: DDPMScheduler,
+    num_instance: int,
+    prior_loss_weight: float = 1.0,
+    snr_gamma: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DreamBooth's objective on a batch whose first ``num_instance`` rows are instance images and
     whose other rows are class images: instance loss + ``prior_loss_weight`` x prior loss.
 

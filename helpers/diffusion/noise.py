@@ -21,7 +21,9 @@ def _at(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torc
     return v.reshape(-1, *([1] * (like.ndim - 1))) if v.ndim else v
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def add_noise(
+    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise (the same as ``scheduler.add_noise``)."""
     ab = _at(alphas_cumprod, t, x0)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
@@ -41,8 +43,9 @@ def offset_noise(shape: tuple[int, ...], offset: float, generator: torch.Generat
     return noise
 
 
-def noisy_pair(x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def noisy_pair(
+    x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A consistent (x_{t-1}, x_t) drawn from the forward chain: x_{t-1} from the closed form,
     then one more step ``x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps``."""
     if t < 1:
@@ -84,13 +87,19 @@ def posterior_mean_from_eps(xt: torch.Tensor, eps: torch.Tensor, t: int, alphas_
 
 
 def eps_to_mean_weight(t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """w_t with ||mu(x_t, eps) - mu(x_t, eps_hat)||^2 = w_t ||eps - eps_hat||^2: beta_t^2 / (alpha_t (1 - alpha_bar_t))."""
+    """w_t with ||mu(x_t, eps) - mu(x_t, eps_hat)||^2 = w_t ||eps - eps_hat||^2:
+    beta_t^2 / (alpha_t (1 - alpha_bar_t))."""
     ab_t, _, alpha_t = _step(t, alphas_cumprod)
     return (1 - alpha_t) ** 2 / (alpha_t * (1 - ab_t))
 
 
-def predicted_noise(model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor | int,
-                    alphas_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def predicted_noise(
+    model_output: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor | int,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
     """The noise a model's output stands for: the output itself for epsilon prediction; for
     v-prediction (v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0), sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t,
     as diffusers' DDIM step computes it. Lets the same noise-error lessons run on either kind of model."""
@@ -102,8 +111,9 @@ def predicted_noise(model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tenso
     return ab.sqrt() * model_output + (1 - ab).sqrt() * xt
 
 
-def last_step_trace(x0: torch.Tensor, alphas_cumprod: torch.Tensor, draws: int, generator: torch.Generator,
-                    cells: int = 4) -> torch.Tensor:
+def last_step_trace(
+    x0: torch.Tensor, alphas_cumprod: torch.Tensor, draws: int, generator: torch.Generator, cells: int = 4
+) -> torch.Tensor:
     """Correlation between the ``cells`` x ``cells`` cell averages of the last step's x_T and of x_0,
     one value per noise draw: how much of an image's layout a schedule's last step still gives away.
 
@@ -114,5 +124,7 @@ def last_step_trace(x0: torch.Tensor, alphas_cumprod: torch.Tensor, draws: int, 
     out = []
     for _ in range(draws):
         xt = add_noise(x0.float(), torch.randn(x0.shape, generator=generator).to(x0.device), last, alphas_cumprod)
-        out.append(torch.corrcoef(torch.stack([torch.nn.functional.adaptive_avg_pool2d(xt, cells).flatten(), ref]))[0, 1])
+        out.append(
+            torch.corrcoef(torch.stack([torch.nn.functional.adaptive_avg_pool2d(xt, cells).flatten(), ref]))[0, 1]
+        )
     return torch.stack(out)

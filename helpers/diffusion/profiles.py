@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 
 from helpers.core.errors import UsageError
+from helpers.core.paths import DATA
 from helpers.diffusion.latents import vae_scale_factor
 from helpers.diffusion.loading import CLIP_MODEL, DINO_MODEL, SD15_MODEL, loading
-from helpers.diffusion.lora import WEIGHTS as LORA_WEIGHTS, base_model as lora_base_model, is_lora_folder
-from helpers.core.paths import DATA
+from helpers.diffusion.lora import WEIGHTS as LORA_WEIGHTS
+from helpers.diffusion.lora import base_model as lora_base_model
+from helpers.diffusion.lora import is_lora_folder
 
 TOY_MODEL = DATA / "toy-sd"
 TOY_JUDGE = DATA / "toy-judge"
@@ -42,7 +44,9 @@ class Profile:
     num_inference_steps: int
     guidance_scale: float
     mixed_precision: str = "no"  # the trainers' --mixed_precision
-    dino_model: str | None = None  # the photo scorers (helpers.evaluation.photo_scorers); the toy judge scores toy images
+    dino_model: str | None = (
+        None  # the photo scorers (helpers.evaluation.photo_scorers); the toy judge scores toy images
+    )
     clip_model: str | None = None
 
     @property
@@ -120,17 +124,22 @@ def resolve_model(model: str) -> str:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").exists() and not is_lora_folder(path):
-            raise UsageError(f"{model} is a folder but not a diffusers pipeline (no model_index.json) nor LoRA "
-                             f"weights ({LORA_WEIGHTS}): pass a folder written by save_pretrained or the trainer")
+            raise UsageError(
+                f"{model} is a folder but not a diffusers pipeline (no model_index.json) nor LoRA "
+                f"weights ({LORA_WEIGHTS}): pass a folder written by save_pretrained or the trainer"
+            )
         return str(path)
     if not HUB_ID.fullmatch(model):
-        raise UsageError(f"model path {model!r} does not exist: pass --model toy, a folder written by "
-                         f"save_pretrained, or a hub id such as {SD15_MODEL}")
+        raise UsageError(
+            f"model path {model!r} does not exist: pass --model toy, a folder written by "
+            f"save_pretrained, or a hub id such as {SD15_MODEL}"
+        )
     return model
 
 
-def load_pipeline(model: str = "toy", profile: Profile | None = None, revision: str | None = None,
-                  variant: str | None = None):
+def load_pipeline(
+    model: str = "toy", profile: Profile | None = None, revision: str | None = None, variant: str | None = None
+):
     """A StableDiffusionPipeline on the profile's device and dtype, sampling with DDIM; a model that cannot
     be loaded (a typo, offline, a missing variant) is one clear line."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -142,9 +151,14 @@ def load_pipeline(model: str = "toy", profile: Profile | None = None, revision: 
         return load_lora(load_pipeline(lora_base_model(Path(path)), profile, revision, variant), Path(path))
     profile = profile or profile_for_model(model)
     with loading(path, variant, revision):
-        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=profile.dtype, safety_checker=None,
-                                                       requires_safety_checker=False, revision=revision,
-                                                       variant=variant)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path,
+            dtype=profile.dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+            revision=revision,
+            variant=variant,
+        )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(profile.device)
@@ -157,15 +171,19 @@ def download(model: str = SD15_MODEL) -> str:
 
     if model in (DINO_MODEL, CLIP_MODEL):
         return snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors", "pytorch_model.bin"])
-    return snapshot_download(model, allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
-                             ignore_patterns=["*non_ema*", "*.fp16.*", "safety_checker/*"])
+    return snapshot_download(
+        model,
+        allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
+        ignore_patterns=["*non_ema*", "*.fp16.*", "safety_checker/*"],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.profiles", description="Fetch a hub model before a "
-                                     "workshop, while there is a network.")
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.profiles", description="Fetch a hub model before a workshop, while there is a network."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("download", help="into the local Hugging Face cache")
     fetch.add_argument("model", nargs="?", default=SD15_MODEL, help=f"a hub id (default: {SD15_MODEL})")

@@ -27,8 +27,9 @@ def merge_rank_fraction(tokenizer, word: str) -> float | None:
     return max(0.0, (ids[0] - BYTE_SYMBOLS) / max(1, merges))
 
 
-def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | None,
-                        common_below: float = 0.33) -> list[str]:
+def identifier_warnings(
+    tokenizer, instance_prompt: str, class_prompt: str | None, common_below: float = 0.33
+) -> list[str]:
     """Why the identifier may be a poor choice: a common word, or one that splits into many tokens.
 
     The identifier is every word of the instance prompt that is not in the class prompt and not a
@@ -45,12 +46,17 @@ def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | Non
         rank = merge_rank_fraction(tokenizer, word)
         pieces = tokenizer.tokenize(word)
         if rank is not None and rank < common_below:
-            out.append(f"identifier {word!r} is a common token (merge rank in the first {rank:.0%} of the "
-                       "vocabulary): fine-tuning overwrites a meaning the model already has; a rare token that means "
-                       "little to the text encoder carries less prior (helpers.dreambooth.identifiers.find_identifiers finds some)")
+            out.append(
+                f"identifier {word!r} is a common token (merge rank in the first {rank:.0%} of the "
+                "vocabulary): fine-tuning overwrites a meaning the model already has; a rare token that means "
+                "little to the text encoder carries less prior "
+                "(helpers.dreambooth.identifiers.find_identifiers finds some)"
+            )
         elif len(pieces) > 2:
-            out.append(f"identifier {word!r} splits into {len(pieces)} tokens {pieces}: a rare single token "
-                       "binds faster and disturbs less")
+            out.append(
+                f"identifier {word!r} splits into {len(pieces)} tokens {pieces}: a rare single token "
+                "binds faster and disturbs less"
+            )
     return out
 
 
@@ -77,14 +83,22 @@ def prior_shift(text_encoder, tokenizer, words: list[str], class_noun: str) -> l
     a text encoder trained on captions of many lengths tells them apart even when the word is empty
     of meaning."""
     prompts = [f"a photo of the {class_noun}"] + [f"a photo of {w} {class_noun}" for w in words]
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(text_encoder.device)
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(text_encoder.device)
     pooled = text_encoder(ids).pooler_output.float()
     return (1 - torch.nn.functional.cosine_similarity(pooled[1:], pooled[:1])).cpu().tolist()
 
 
-def find_identifiers(tokenizer, text_encoder, class_noun: str, count: int = 5, max_chars: int = 3,
-                     band: tuple[float, float] = (0.5, 1.0), max_candidates: int = 512) -> list[dict]:
+def find_identifiers(
+    tokenizer,
+    text_encoder,
+    class_noun: str,
+    count: int = 5,
+    max_chars: int = 3,
+    band: tuple[float, float] = (0.5, 1.0),
+    max_candidates: int = 512,
+) -> list[dict]:
     """The ``count`` rare short tokens that mean least to the text encoder, with their merge rank and
     prior shift; at most ``max_candidates`` evenly spaced candidates are scored (CLIP has thousands)."""
     candidates = candidate_tokens(tokenizer, max_chars, band)
@@ -92,7 +106,9 @@ def find_identifiers(tokenizer, text_encoder, class_noun: str, count: int = 5, m
     candidates = candidates[::step][:max_candidates]
     shifts = []
     for i in range(0, len(candidates), 64):
-        shifts += prior_shift(text_encoder, tokenizer, candidates[i:i + 64], class_noun)
-    rows = [{"identifier": w, "merge_rank": round(merge_rank_fraction(tokenizer, w), 3), "prior_shift": round(d, 4)}
-            for w, d in zip(candidates, shifts)]
+        shifts += prior_shift(text_encoder, tokenizer, candidates[i : i + 64], class_noun)
+    rows = [
+        {"identifier": w, "merge_rank": round(merge_rank_fraction(tokenizer, w), 3), "prior_shift": round(d, 4)}
+        for w, d in zip(candidates, shifts)
+    ]
     return sorted(rows, key=lambda r: r["prior_shift"])[:count]

@@ -41,9 +41,15 @@ class PriorSettings:
         from helpers.diffusion.profiles import profile_for_model, resolve_model
 
         profile = profile_for_model(model)
-        return cls(model=resolve_model(model), prompt=prompt, count=count, seed=seed,
-                   num_inference_steps=profile.num_inference_steps, guidance_scale=profile.guidance_scale,
-                   resolution=profile.resolution)
+        return cls(
+            model=resolve_model(model),
+            prompt=prompt,
+            count=count,
+            seed=seed,
+            num_inference_steps=profile.num_inference_steps,
+            guidance_scale=profile.guidance_scale,
+            resolution=profile.resolution,
+        )
 
 
 def class_data_dir(outputs: str | Path, profile: str, class_prompt: str, seed: int = 0) -> Path:
@@ -69,15 +75,20 @@ def cache_status(folder: str | Path, settings: PriorSettings) -> str:
         return "missing"
     changed = [k for k, v in asdict(settings).items() if manifest.get("settings", {}).get(k) != v]
     if changed:
-        return "settings changed: " + ", ".join(f"{k} {manifest['settings'].get(k)!r} -> {getattr(settings, k)!r}"
-                                                for k in changed)
-    if any(not (folder / name).exists() for name in manifest.get("files", [])) or len(manifest.get("files", [])) != settings.count:
+        return "settings changed: " + ", ".join(
+            f"{k} {manifest['settings'].get(k)!r} -> {getattr(settings, k)!r}" for k in changed
+        )
+    if (
+        any(not (folder / name).exists() for name in manifest.get("files", []))
+        or len(manifest.get("files", [])) != settings.count
+    ):
         return "files missing"
     return "valid"
 
 
-def class_images(folder: str | Path, settings: PriorSettings, pipe_factory, batch_size: int = 8,
-                 progress: bool = True) -> tuple[list[Path], dict]:
+def class_images(
+    folder: str | Path, settings: PriorSettings, pipe_factory, batch_size: int = 8, progress: bool = True
+) -> tuple[list[Path], dict]:
     """The cached class images for ``settings``, generated (atomically) when missing or stale.
 
     ``pipe_factory()`` returns the frozen pipeline; it is only called when images must be drawn.
@@ -91,10 +102,17 @@ def class_images(folder: str | Path, settings: PriorSettings, pipe_factory, batc
         manifest = read_manifest(folder)
         return [folder / name for name in manifest["files"]], {"reused": True, "reason": status, "seconds": 0.0}
     start = time.perf_counter()
-    images: list[Image.Image] = generate_images(pipe_factory(), settings.prompt, settings.count, seed=settings.seed,
-                                                num_inference_steps=settings.num_inference_steps,
-                                                guidance_scale=settings.guidance_scale, batch_size=batch_size,
-                                                progress=progress, resolution=settings.resolution)
+    images: list[Image.Image] = generate_images(
+        pipe_factory(),
+        settings.prompt,
+        settings.count,
+        seed=settings.seed,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        batch_size=batch_size,
+        progress=progress,
+        resolution=settings.resolution,
+    )
     build = folder.with_name(f".{folder.name}.build")
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
@@ -102,8 +120,10 @@ def class_images(folder: str | Path, settings: PriorSettings, pipe_factory, batc
     for name, img in zip(names, images):
         img.save(build / name)
     seconds = time.perf_counter() - start
-    write_text_atomic(build / MANIFEST, json.dumps({"settings": asdict(settings), "files": names,
-                                                    "seconds": round(seconds, 2)}, indent=2))
+    write_text_atomic(
+        build / MANIFEST,
+        json.dumps({"settings": asdict(settings), "files": names, "seconds": round(seconds, 2)}, indent=2),
+    )
     replace_dir_atomic(build, folder)
     return [folder / n for n in names], {"reused": False, "reason": status, "seconds": seconds}
 

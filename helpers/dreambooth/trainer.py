@@ -29,16 +29,32 @@ from PIL import Image
 
 from helpers.core.errors import UsageError
 from helpers.core.images import image_files, load_rgb
-from helpers.dreambooth.identifiers import identifier_warnings
-from helpers.diffusion.latents import encode as encode_latents, preprocess, vae_scale_factor
+from helpers.core.runtime import release_device_memory
+from helpers.diffusion.latents import encode as encode_latents
+from helpers.diffusion.latents import preprocess, vae_scale_factor
 from helpers.diffusion.loading import check_float32, load_parts
-from helpers.diffusion.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, adapters_only_checkpoints, add_lora, load_lora, save_lora
+from helpers.diffusion.lora import (
+    TEXT_ENCODER_TARGETS,
+    UNET_TARGETS,
+    adapters_only_checkpoints,
+    add_lora,
+    load_lora,
+    save_lora,
+)
 from helpers.diffusion.losses import dreambooth_loss
 from helpers.diffusion.noise import offset_noise
 from helpers.diffusion.profiles import resolve_model
-from helpers.core.runtime import release_device_memory
+from helpers.dreambooth.identifiers import identifier_warnings
+from helpers.training.loop import (
+    denoising_target,
+    finish,
+    fit,
+    make_accelerator,
+    step_generator,
+    weight_dtype,
+    write_result,
+)
 from helpers.training.settings import TrainerResult, TrainerSettings, flag
-from helpers.training.loop import denoising_target, finish, fit, make_accelerator, step_generator, weight_dtype, write_result
 
 
 @dataclass(kw_only=True)
@@ -56,9 +72,12 @@ class TrainConfig(TrainerSettings):
     random_flip: bool = False
     text_encoder_lr: float | None = flag(None, "learning rate of the text encoder (default: --learning_rate)")
     train_text_encoder: bool = False
-    lora_rank: int | None = flag(None, "train rank-r LoRA adapters on the attention projections instead of the "
-                                       "whole UNet (and of the text encoder with --train_text_encoder); the output "
-                                       "loads with load_lora_weights")
+    lora_rank: int | None = flag(
+        None,
+        "train rank-r LoRA adapters on the attention projections instead of the "
+        "whole UNet (and of the text encoder with --train_text_encoder); the output "
+        "loads with load_lora_weights",
+    )
     lora_alpha: float | None = flag(None, "LoRA scale numerator (default: --lora_rank, so the scale alpha/rank is 1)")
     snr_gamma: float | None = flag(None, "min-SNR weighting gamma (5.0 is the paper's choice)")
     offset_noise: bool = flag(False, "add 0.1 x per-channel offset noise")
@@ -69,15 +88,16 @@ class TrainConfig(TrainerSettings):
     def check(self) -> None:
         """Bad settings end with one line that says what to change."""
         if self.with_prior_preservation and not self.class_prompt:
-            raise UsageError("--with_prior_preservation needs --class_prompt (for example \"a photo of dog\")")
+            raise UsageError('--with_prior_preservation needs --class_prompt (for example "a photo of dog")')
         if self.with_prior_preservation and not self.class_data_dir:
             raise UsageError("--with_prior_preservation needs --class_data_dir: where class images are cached")
         super().check()
         if self.lora_rank is not None and self.lora_rank < 1:
-            raise UsageError(f"--lora_rank must be a positive integer (got {self.lora_rank}); "
-                             "leave it out for a full fine-tune")
+            raise UsageError(
+                f"--lora_rank must be a positive integer (got {self.lora_rank}); leave it out for a full fine-tune"
+            )
         if not self.instance_prompt.strip():
-            raise UsageError("--instance_prompt is empty: use something like \"a photo of sks dog\"")
+            raise UsageError('--instance_prompt is empty: use something like "a photo of sks dog"')
 
 
 @dataclass(kw_only=True)
@@ -87,19 +107,24 @@ class TrainResult(TrainerResult):
 
 # --------------------------------------------------------------------------- data
 
+
 def load_instance_images(folder: str, resolution: int) -> list[Image.Image]:
     """The subject photos, upright and RGB; small ones are upscaled with a warning that says so."""
     images = []
     for path in image_files(folder):
         img = load_rgb(path)
         if min(img.size) < resolution:
-            warnings.warn(f"{path.name} is {img.size[0]}x{img.size[1]}, smaller than --resolution {resolution}: "
-                          "it is upscaled, which blurs it; use photos at least that large", stacklevel=2)
+            warnings.warn(
+                f"{path.name} is {img.size[0]}x{img.size[1]}, smaller than --resolution {resolution}: "
+                "it is upscaled, which blurs it; use photos at least that large",
+                stacklevel=2,
+            )
         images.append(img)
     return images
 
 
 # --------------------------------------------------------------------------- the loop
+
 
 class Trainer:
     """Build everything from a TrainConfig, then ``train()``."""
@@ -109,8 +134,7 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
-        self.accelerator = make_accelerator(self.output_dir, config.gradient_accumulation_steps,
-                                            config.mixed_precision)
+        self.accelerator = make_accelerator(self.output_dir, config.gradient_accumulation_steps, config.mixed_precision)
         self._pipe_factory = pipe_factory
         self._load_models()
 
@@ -119,7 +143,8 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         self.weight_dtype = weight_dtype(cfg.mixed_precision)
         self.tokenizer, self.noise_scheduler, self.text_encoder, self.vae, self.unet = load_parts(
-            self.model_path, cfg.revision, cfg.variant)
+            self.model_path, cfg.revision, cfg.variant
+        )
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(cfg.train_text_encoder)
         frozen = [self.vae] + ([] if cfg.train_text_encoder else [self.text_encoder])
@@ -147,8 +172,10 @@ class Trainer:
         from helpers.diffusion.profiles import load_pipeline
 
         cfg = self.config
-        return (self._pipe_factory or (lambda: load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision,
-                                                             variant=cfg.variant)))()
+        return (
+            self._pipe_factory
+            or (lambda: load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant))
+        )()
 
     def _class_images(self) -> tuple[list[Image.Image], dict | None]:
         from helpers.dreambooth.priors import PriorSettings, class_images, load_class_images
@@ -156,13 +183,17 @@ class Trainer:
         cfg = self.config
         if not cfg.with_prior_preservation:
             return [], None
-        settings = dataclasses.replace(PriorSettings.for_model(cfg.pretrained_model_name_or_path, cfg.class_prompt,
-                                                               cfg.num_class_images, cfg.seed),
-                                       resolution=self.resolution)
+        settings = dataclasses.replace(
+            PriorSettings.for_model(
+                cfg.pretrained_model_name_or_path, cfg.class_prompt, cfg.num_class_images, cfg.seed
+            ),
+            resolution=self.resolution,
+        )
         report = None
         if self.accelerator.is_main_process:
-            paths, report = class_images(cfg.class_data_dir, settings, self._pipeline, batch_size=cfg.sample_batch_size,
-                                         progress=cfg.progress)
+            paths, report = class_images(
+                cfg.class_data_dir, settings, self._pipeline, batch_size=cfg.sample_batch_size, progress=cfg.progress
+            )
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             paths, report = class_images(cfg.class_data_dir, settings, self._pipeline, progress=False)
@@ -170,8 +201,13 @@ class Trainer:
         return load_class_images(paths), report
 
     def _encode_prompt(self, prompt: str) -> torch.Tensor:
-        ids = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.accelerator.device)
+        ids = self.tokenizer(
+            [prompt],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.accelerator.device)
         return ids
 
     # ----------------------------------------------------------------- training
@@ -196,8 +232,12 @@ class Trainer:
         groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
         trained = [self.unet]
         if cfg.train_text_encoder:
-            groups.append({"params": [p for p in self.text_encoder.parameters() if p.requires_grad],
-                           "lr": cfg.text_encoder_lr or cfg.learning_rate})
+            groups.append(
+                {
+                    "params": [p for p in self.text_encoder.parameters() if p.requires_grad],
+                    "lr": cfg.text_encoder_lr or cfg.learning_rate,
+                }
+            )
             trained.append(self.text_encoder)
 
         def on_prepared(models: list[torch.nn.Module]) -> None:
@@ -228,8 +268,9 @@ class Trainer:
         with acc.autocast():
             pred = self.unet(noisy, timesteps, cond.to(acc.device)).sample
         target = denoising_target(self.noise_scheduler, latents, noise, timesteps)
-        loss, instance, prior = dreambooth_loss(pred, target, timesteps, self.noise_scheduler, n,
-                                                cfg.prior_loss_weight, cfg.snr_gamma)
+        loss, instance, prior = dreambooth_loss(
+            pred, target, timesteps, self.noise_scheduler, n, cfg.prior_loss_weight, cfg.snr_gamma
+        )
         return loss, {"instance_loss": instance, "prior_loss": prior}
 
     def _batch_latents(self, gen: torch.Generator, n: int) -> torch.Tensor:
@@ -241,12 +282,16 @@ class Trainer:
                 parts.append(self.class_latents[cls_idx.to(self.class_latents.device)])
             return torch.cat(parts).cpu()
         rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=gen)))
-        images = [self.instance_images[i] for i in idx] + [self.class_images_list[i] for i in cls_idx
-                                                            if self.class_images_list]
-        x = torch.stack([preprocess(im, self.resolution, self.config.center_crop, rng, self.config.random_flip)
-                         for im in images])
+        images = [self.instance_images[i] for i in idx] + [
+            self.class_images_list[i] for i in cls_idx if self.class_images_list
+        ]
+        x = torch.stack(
+            [preprocess(im, self.resolution, self.config.center_crop, rng, self.config.random_flip) for im in images]
+        )
         with torch.no_grad():
-            z = self.vae.encode(x.to(self.accelerator.device, dtype=self.weight_dtype)).latent_dist.sample(generator=gen)
+            z = self.vae.encode(x.to(self.accelerator.device, dtype=self.weight_dtype)).latent_dist.sample(
+                generator=gen
+            )
         return (z.float() * self.vae.config.scaling_factor).cpu()
 
     def _batch_condition(self, n: int) -> torch.Tensor:
@@ -275,27 +320,42 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         if cfg.lora_rank:
             text_encoder = acc.unwrap_model(self.text_encoder) if cfg.train_text_encoder else None
-            save_lora(self.output_dir, self._lora_base(), acc.unwrap_model(self.unet), text_encoder, cfg.lora_rank,
-                      cfg.lora_alpha)
+            save_lora(
+                self.output_dir,
+                self._lora_base(),
+                acc.unwrap_model(self.unet),
+                text_encoder,
+                cfg.lora_rank,
+                cfg.lora_alpha,
+            )
             if cfg.validation_prompt:
                 self._validate(load_lora(self._pipeline(), self.output_dir))
             return
-        parts = {"unet": acc.unwrap_model(self.unet), "text_encoder": acc.unwrap_model(self.text_encoder), "vae": self.vae}
+        parts = {
+            "unet": acc.unwrap_model(self.unet),
+            "text_encoder": acc.unwrap_model(self.text_encoder),
+            "vae": self.vae,
+        }
         parts = {k: m if m.dtype == torch.float32 else m.float() for k, m in parts.items()}
-        pipe = StableDiffusionPipeline.from_pretrained(self.model_path, **parts, safety_checker=None,
-                                                       requires_safety_checker=False, revision=cfg.revision)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            self.model_path, **parts, safety_checker=None, requires_safety_checker=False, revision=cfg.revision
+        )
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.save_pretrained(self.output_dir, safe_serialization=True)
         if self.config.validation_prompt:
             self._validate(pipe)
 
     def _validate(self, pipe) -> None:
-        from helpers.diffusion.generate import generate_images
         from helpers.core.figures import image_grid
+        from helpers.diffusion.generate import generate_images
 
         pipe.set_progress_bar_config(disable=True)
-        images = generate_images(pipe.to(self.accelerator.device), self.config.validation_prompt,
-                                 self.config.num_validation_images, seed=self.config.seed)
+        images = generate_images(
+            pipe.to(self.accelerator.device),
+            self.config.validation_prompt,
+            self.config.num_validation_images,
+            seed=self.config.seed,
+        )
         image_grid(images, len(images)).save(self.output_dir / "validation.png")
 
 
@@ -304,4 +364,3 @@ def train(config: TrainConfig, pipe_factory=None) -> TrainResult:
     result = Trainer(config, pipe_factory).train()
     release_device_memory()
     return result
-

@@ -28,15 +28,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from helpers.evaluation import metrics
-from helpers.toy import world as toyworld
 from helpers.core.errors import UsageError
 from helpers.core.images import load_image_folder
-from helpers.toy.judge import judge_images, load_judge
-from helpers.diffusion.loading import CLIP_MODEL, DINO_MODEL
-from helpers.evaluation.photo_scorers import ClipTextScorer, DinoEmbedder
-from helpers.diffusion.profiles import TOY_JUDGE, load_pipeline, profile_for_model
 from helpers.core.runtime import configure_cpu
+from helpers.diffusion.loading import CLIP_MODEL, DINO_MODEL
+from helpers.diffusion.profiles import TOY_JUDGE, load_pipeline, profile_for_model
+from helpers.evaluation import metrics
+from helpers.evaluation.photo_scorers import ClipTextScorer, DinoEmbedder
+from helpers.toy import world as toyworld
+from helpers.toy.judge import judge_images, load_judge
 
 
 def wanted_attributes(prompt: str) -> dict[str, str | None]:
@@ -45,8 +45,10 @@ def wanted_attributes(prompt: str) -> dict[str, str | None]:
         raise UsageError("the prompt is empty: pass the prompt the images were generated from")
     wanted = toyworld.parse_prompt(prompt)
     if not (wanted["class"] or wanted["colour"]):
-        raise UsageError(f"the prompt {prompt!r} names no toy class or colour, so the toy judge cannot score it; "
-                         f"classes: {', '.join(toyworld.CLASSES)}; colours: {', '.join(toyworld.COLOUR_NAMES)}")
+        raise UsageError(
+            f"the prompt {prompt!r} names no toy class or colour, so the toy judge cannot score it; "
+            f"classes: {', '.join(toyworld.CLASSES)}; colours: {', '.join(toyworld.COLOUR_NAMES)}"
+        )
     return wanted
 
 
@@ -89,8 +91,12 @@ def toy_scorers(judge_dir: Path = TOY_JUDGE) -> Scorers:
 def photo_scorers(dino: str = DINO_MODEL, clip: str = CLIP_MODEL, device: str = "cpu") -> Scorers:
     """The paper's scorers for real photos: DINO ViT-S/16 embeddings and CLIP-T."""
     embed, clip_t = DinoEmbedder(dino, device), ClipTextScorer(clip, device)
-    return Scorers(f"DINO {dino} + CLIP-T {clip}", embed,
-                   lambda images, prompt: statistics.mean(clip_t(images, prompt)), (embed, clip_t))
+    return Scorers(
+        f"DINO {dino} + CLIP-T {clip}",
+        embed,
+        lambda images, prompt: statistics.mean(clip_t(images, prompt)),
+        (embed, clip_t),
+    )
 
 
 def scorers_for(profile) -> Scorers:
@@ -114,9 +120,17 @@ def fidelity_ceiling(scorers: Scorers, subject_images, new_photos, vae=None) -> 
     return ceiling
 
 
-def evaluate_model(pipe, subject_images, instance_prompt: str, class_prompt: str, num_samples: int = 16,
-                   seeds: tuple[int, ...] = (0,), scorers: Scorers | None = None,
-                   num_inference_steps: int = 50, guidance_scale: float = 4.0) -> dict:
+def evaluate_model(
+    pipe,
+    subject_images,
+    instance_prompt: str,
+    class_prompt: str,
+    num_samples: int = 16,
+    seeds: tuple[int, ...] = (0,),
+    scorers: Scorers | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 4.0,
+) -> dict:
     """subject_fidelity, prompt_fidelity, pres and div of a (fine-tuned) pipeline, averaged over seeds."""
     from helpers.diffusion.generate import generate_images
 
@@ -127,13 +141,24 @@ def evaluate_model(pipe, subject_images, instance_prompt: str, class_prompt: str
         kw = dict(seed=seed * 10_000, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
         inst_images = generate_images(pipe, instance_prompt, num_samples, **kw)
         inst, cls = scorers.embed(inst_images), scorers.embed(generate_images(pipe, class_prompt, num_samples, **kw))
-        rows.append({"subject_fidelity": metrics.subject_fidelity(inst, subject),
-                     "prompt_fidelity": scorers.prompt_fidelity(inst_images, instance_prompt),
-                     "pres": metrics.subject_fidelity(cls, subject),
-                     "div": metrics.diversity(cls)})
+        rows.append(
+            {
+                "subject_fidelity": metrics.subject_fidelity(inst, subject),
+                "prompt_fidelity": scorers.prompt_fidelity(inst_images, instance_prompt),
+                "pres": metrics.subject_fidelity(cls, subject),
+                "div": metrics.diversity(cls),
+            }
+        )
     report = {k: round(statistics.mean(r[k] for r in rows), 4) for k in rows[0]}
-    report.update({"num_samples": num_samples, "seeds": list(seeds), "scorers": scorers.name,
-                   "instance_prompt": instance_prompt, "class_prompt": class_prompt})
+    report.update(
+        {
+            "num_samples": num_samples,
+            "seeds": list(seeds),
+            "scorers": scorers.name,
+            "instance_prompt": instance_prompt,
+            "class_prompt": class_prompt,
+        }
+    )
     return report
 
 
@@ -157,8 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     if args.model is None:
         if args.images is None or args.prompt is None:
-            raise UsageError("pass --images DIR --prompt \"...\", or --model with --subject_dir, "
-                             "--instance_prompt and --class_prompt")
+            raise UsageError(
+                'pass --images DIR --prompt "...", or --model with --subject_dir, --instance_prompt and --class_prompt'
+            )
         wanted_attributes(args.prompt)
         configure_cpu()
         print(json.dumps(evaluate_prompt(load_image_folder(args.images), args.prompt)))
@@ -176,7 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     subject = load_image_folder(args.subject_dir)
     pipe = load_pipeline(args.model, profile)
     scorers = scorers_for(replace(profile, dino_model=args.dino_model, clip_model=args.clip_model))
-    report = evaluate_model(pipe, subject, args.instance_prompt, args.class_prompt, args.num_samples,
-                            tuple(args.seeds), scorers, args.num_inference_steps or profile.num_inference_steps,
-                            profile.guidance_scale)
+    report = evaluate_model(
+        pipe,
+        subject,
+        args.instance_prompt,
+        args.class_prompt,
+        args.num_samples,
+        tuple(args.seeds),
+        scorers,
+        args.num_inference_steps or profile.num_inference_steps,
+        profile.guidance_scale,
+    )
     print(json.dumps(report))

@@ -29,9 +29,11 @@ def _from_pretrained(cls, model: str, what: str, **kwargs):
     try:
         return cls.from_pretrained(model, **kwargs)
     except OSError as err:
-        raise UsageError(f"could not load the {what} {model!r} ({str(err).splitlines()[0][:120]}); offline, pass a "
-                         f"local folder, or run `python -m helpers.profiles download {model}` on a connected "
-                         "machine first") from None
+        raise UsageError(
+            f"could not load the {what} {model!r} ({str(err).splitlines()[0][:120]}); offline, pass a "
+            f"local folder, or run `python -m helpers.profiles download {model}` on a connected "
+            "machine first"
+        ) from None
 
 
 def _rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
@@ -57,7 +59,7 @@ class DinoEmbedder:
         """One row per image: the last layer's CLS token, as the paper's DINO score uses."""
         rows = []
         for i in range(0, len(images), BATCH):
-            pixels = self.processor(images=_rgb(images[i:i + BATCH]), return_tensors="pt").pixel_values
+            pixels = self.processor(images=_rgb(images[i : i + BATCH]), return_tensors="pt").pixel_values
             rows.append(self.model(pixel_values=pixels.to(self.device)).last_hidden_state[:, 0].float().cpu())
         return torch.cat(rows)
 
@@ -83,7 +85,7 @@ class ClipTextScorer:
         t = self.model.get_text_features(**{k: v.to(self.device) for k, v in text.items()})
         scores: list[float] = []
         for i in range(0, len(images), BATCH):
-            pixels = self.processor(images=_rgb(images[i:i + BATCH]), return_tensors="pt").pixel_values
+            pixels = self.processor(images=_rgb(images[i : i + BATCH]), return_tensors="pt").pixel_values
             v = self.model.get_image_features(pixel_values=pixels.to(self.device))
             scores += torch.nn.functional.cosine_similarity(_features(v), _features(t)).float().cpu().tolist()
         return scores

@@ -22,9 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from helpers.toy import world as toyworld
 from helpers.core.atomic import save_safetensors_atomic, write_text_atomic
 from helpers.diffusion.latents import through_vae
+from helpers.toy import world as toyworld
 
 HEADS = {
     "class": len(toyworld.CLASSES),
@@ -48,8 +48,13 @@ class Judge(nn.Module):
         chans = (3, 32, 64, 128, 128)
         layers: list[nn.Module] = []
         for cin, cout in zip(chans, chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                       nn.Conv2d(cout, cout, 3, stride=2, padding=1), nn.SiLU()]
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, stride=2, padding=1),
+                nn.SiLU(),
+            ]
         self.features = nn.Sequential(*layers)
         self.embed = nn.Sequential(nn.Flatten(), nn.Linear(128 * 4 * 4, 256), nn.SiLU(), nn.Linear(256, EMBED_DIM))
         self.heads = nn.ModuleDict({k: nn.Linear(EMBED_DIM, n) for k, n in HEADS.items()})
@@ -69,8 +74,12 @@ class Verdict:
 
 
 LABEL_NAMES = {
-    "class": toyworld.CLASSES, "colour": toyworld.COLOUR_NAMES, "accent": toyworld.COLOUR_NAMES,
-    "pattern": toyworld.PATTERNS, "size": toyworld.SIZES, "position": toyworld.POSITIONS,
+    "class": toyworld.CLASSES,
+    "colour": toyworld.COLOUR_NAMES,
+    "accent": toyworld.COLOUR_NAMES,
+    "pattern": toyworld.PATTERNS,
+    "size": toyworld.SIZES,
+    "position": toyworld.POSITIONS,
     "background": toyworld.BACKGROUNDS,
 }
 
@@ -85,7 +94,7 @@ def judge_images(judge: Judge, images: list[Image.Image], batch_size: int = 64) 
     """Embeddings and predicted labels for PIL images of any size (resized to 64 px)."""
     embs, preds = [], {k: [] for k in HEADS}
     for i in range(0, len(images), batch_size):
-        emb, logits = judge(to_tensor(images[i:i + batch_size]))
+        emb, logits = judge(to_tensor(images[i : i + batch_size]))
         embs.append(F.normalize(emb, dim=-1))
         for k, lg in logits.items():
             preds[k] += [LABEL_NAMES[k][j] for j in lg.argmax(-1).tolist()]
@@ -99,6 +108,7 @@ def load_judge(path: str | Path) -> Judge:
 
 
 # --------------------------------------------------------------------------- training
+
 
 def blur_and_noise(img: Image.Image, rng: random.Random) -> Image.Image:
     """Blur and noise, so that the judge also reads the softer images a diffusion model draws."""
@@ -159,8 +169,14 @@ def train_steps(model: nn.Module, loss_at: Callable[[int], torch.Tensor], steps:
     model.eval()
 
 
-def train_judge(output: str | Path, vae, steps: int = 1200, batch_size: int = 64, seed: int = 0,
-                command: str = "python -m helpers.pretrain judge") -> dict:
+def train_judge(
+    output: str | Path,
+    vae,
+    steps: int = 1200,
+    batch_size: int = 64,
+    seed: int = 0,
+    command: str = "python -m helpers.pretrain judge",
+) -> dict:
     """Train the judge on fresh renders (seeds from 10**7 upwards), a share of them through the toy
     model's ``vae``, and save it with a card."""
     torch.manual_seed(seed)
@@ -174,13 +190,21 @@ def train_judge(output: str | Path, vae, steps: int = 1200, batch_size: int = 64
 
     start = time.time()
     train_steps(judge, loss_at, steps, "judge")
-    accuracy = {"rendered": judge_accuracy(judge, ACCURACY_RENDERS),
-                "through the toy VAE": judge_accuracy(judge, ACCURACY_RENDERS, vae=vae)}
+    accuracy = {
+        "rendered": judge_accuracy(judge, ACCURACY_RENDERS),
+        "through the toy VAE": judge_accuracy(judge, ACCURACY_RENDERS, vae=vae),
+    }
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(judge.state_dict(), out / "judge.safetensors")
-    report = {"command": command, "steps": steps, "batch_size": batch_size, "seed": seed,
-              "seconds": round(time.time() - start, 1), "accuracy_on_fresh_renders": accuracy}
+    report = {
+        "command": command,
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "seconds": round(time.time() - start, 1),
+        "accuracy_on_fresh_renders": accuracy,
+    }
     write_text_atomic(out / "README.md", _card(report))
     return report
 
@@ -193,9 +217,9 @@ def judge_accuracy(judge: Judge, count: int = 1024, first_seed: int = 5 * 10**8,
     x = to_tensor(through_vae(vae, images) if vae is not None else images)
     correct = {k: 0 for k in HEADS}
     for i in range(0, count, 128):
-        _, logits = judge(x[i:i + 128])
+        _, logits = judge(x[i : i + 128])
         for k in HEADS:
-            correct[k] += (logits[k].argmax(-1) == y[k][i:i + 128]).sum().item()
+            correct[k] += (logits[k].argmax(-1) == y[k][i : i + 128]).sum().item()
     return {k: round(c / count, 4) for k, c in correct.items()}
 
 
@@ -208,9 +232,9 @@ A {sum(p.numel() for p in Judge().parameters()):,}-parameter CNN trained on the 
 for CLIP (prompt fidelity: does the image show the class and colour the prompt names?) and DINO
 (subject fidelity: cosine similarity of its 128-d embedding) on the toy profile.
 
-Produced by `{report['command']}` ({report['steps']} steps of batch {report['batch_size']}, seed
-{report['seed']}, fresh renders every step, half of them encoded and decoded by the toy model's VAE
-as every generated image is; {report['seconds']} s on a 2-core CPU).
+Produced by `{report["command"]}` ({report["steps"]} steps of batch {report["batch_size"]}, seed
+{report["seed"]}, fresh renders every step, half of them encoded and decoded by the toy model's VAE
+as every generated image is; {report["seconds"]} s on a 2-core CPU).
 
 Accuracy on 1024 fresh renders, as rendered and through the toy model's VAE (the best the toy
 model could draw them):

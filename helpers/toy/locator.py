@@ -29,17 +29,18 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from helpers.toy import relations, world as toyworld
 from helpers.core.atomic import save_safetensors_atomic, write_text_atomic
 from helpers.core.errors import UsageError
-from helpers.toy.judge import blur_and_noise, to_tensor, train_steps, vae_share
+from helpers.core.paths import DATA
+from helpers.core.runtime import configure_cpu
 from helpers.diffusion.latents import through_vae
 from helpers.diffusion.profiles import TOY_MODEL
-from helpers.core.runtime import configure_cpu
-from helpers.core.paths import DATA
+from helpers.toy import relations
+from helpers.toy import world as toyworld
+from helpers.toy.judge import blur_and_noise, to_tensor, train_steps, vae_share
 
-CELL = 4                  # pixels per map cell: 64 px images give 16 x 16 maps
-MIN_CELLS = 3             # fewer cells of a class than this is noise, not an object
+CELL = 4  # pixels per map cell: 64 px images give 16 x 16 maps
+MIN_CELLS = 3  # fewer cells of a class than this is noise, not an object
 IGNORE = -100
 
 
@@ -76,6 +77,7 @@ class Found:
 
 # --------------------------------------------------------------------------- data
 
+
 def _targets(scene: toyworld.Scene, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell class index (0 background) and colour index (IGNORE on background)."""
     small = np.asarray(Image.fromarray(labels).resize((labels.shape[1] // CELL,) * 2, Image.Resampling.NEAREST))
@@ -103,6 +105,7 @@ def training_batch(seeds: range, vae=None) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 # --------------------------------------------------------------------------- reading images
+
 
 def _components(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """4-connected regions of a boolean map, as (ys, xs) index arrays."""
@@ -145,7 +148,7 @@ def locate(locator: Locator, images: list[Image.Image], batch_size: int = 64) ->
     """The objects in each image (the largest region per class), largest first."""
     out = []
     for i in range(0, len(images), batch_size):
-        cls_logits, colour_logits = locator(to_tensor(images[i:i + batch_size]))
+        cls_logits, colour_logits = locator(to_tensor(images[i : i + batch_size]))
         for cls_map, colour_map in zip(cls_logits.argmax(1).numpy(), colour_logits.argmax(1).numpy()):
             out.append(_read_map(cls_map, colour_map))
     return out
@@ -164,8 +167,13 @@ def score_relations(found: list[list[Found]], samples: list[relations.RelationSa
     return {"object_accuracy": present / n, "relation_accuracy": related / n, "prompts": n}
 
 
-OUTCOMES = ("both, in relation", "both, relation wrong", "one missing, another class in its place",
-            "one missing, nothing in its place", "both missing")
+OUTCOMES = (
+    "both, in relation",
+    "both, relation wrong",
+    "one missing, another class in its place",
+    "one missing, nothing in its place",
+    "both missing",
+)
 
 
 def outcome(objects: list[Found], sample: relations.RelationSample) -> str:
@@ -192,8 +200,10 @@ def load_locator(path: str | Path) -> Locator:
 
 # --------------------------------------------------------------------------- training
 
-def accuracy_on_fresh_renders(locator: Locator, count: int = 512, first_seed: int = 7 * 10**8,
-                               vae=None) -> dict[str, float]:
+
+def accuracy_on_fresh_renders(
+    locator: Locator, count: int = 512, first_seed: int = 7 * 10**8, vae=None
+) -> dict[str, float]:
     """On unseen two-object renders (through ``vae`` if given): objects found, relations read, colours named right."""
     samples = [relations.relation_sample(s) for s in range(first_seed, first_seed + count)]
     images = [toyworld.render(s.scene, 64, seed) for s, seed in zip(samples, range(first_seed, first_seed + count))]
@@ -201,8 +211,13 @@ def accuracy_on_fresh_renders(locator: Locator, count: int = 512, first_seed: in
         images = through_vae(vae, images)
     found = locate(locator, images)
     report = score_relations(found, samples)
-    colours = [f.colour == inst.colour for objs, s in zip(found, samples) for inst in (s.first, s.second)
-               for f in objs if f.cls == inst.cls]
+    colours = [
+        f.colour == inst.colour
+        for objs, s in zip(found, samples)
+        for inst in (s.first, s.second)
+        for f in objs
+        if f.cls == inst.cls
+    ]
     report["colour_accuracy"] = sum(colours) / max(1, len(colours))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
 
@@ -222,9 +237,15 @@ def train_locator(output: Path, steps: int, batch_size: int, seed: int, command:
 
     start = time.time()
     train_steps(locator, loss_at, steps, "locator")
-    report = {"command": command, "steps": steps, "batch_size": batch_size, "seed": seed,
-              "seconds": round(time.time() - start, 1), "fresh_two_object_renders": accuracy_on_fresh_renders(locator),
-              "through_the_toy_vae": accuracy_on_fresh_renders(locator, vae=vae)}
+    report = {
+        "command": command,
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "seconds": round(time.time() - start, 1),
+        "fresh_two_object_renders": accuracy_on_fresh_renders(locator),
+        "through_the_toy_vae": accuracy_on_fresh_renders(locator, vae=vae),
+    }
     output.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(locator.state_dict(), output / "locator.safetensors")
     write_text_atomic(output / "README.md", _card(report))
@@ -241,9 +262,9 @@ convolutional network that predicts, for every {CELL} x {CELL} pixel cell of a 6
 there (or background) and its colour. Objects are read off that map as the cells of each class,
 their centroid and their majority colour (`helpers.toy.locator.locate`).
 
-Produced by `{report['command']}` ({report['steps']} steps of batch {report['batch_size']}, seed
-{report['seed']}, fresh renders every step, half of them two-object scenes, half of all passed through the
-toy model's VAE as generated images are; {report['seconds']} s on a 2-core CPU).
+Produced by `{report["command"]}` ({report["steps"]} steps of batch {report["batch_size"]}, seed
+{report["seed"]}, fresh renders every step, half of them two-object scenes, half of all passed through the
+toy model's VAE as generated images are; {report["seconds"]} s on a 2-core CPU).
 
 On 512 fresh two-object renders (all class pairs), as rendered and after a round trip through the toy
 model's VAE (encoded and decoded: the best the toy model could draw them):

@@ -36,17 +36,30 @@ TEXT_DIM = 96
 
 # SD 1.x's schedule and target (the first UNet phase), and the toy's: the same betas rescaled so that
 # the last step is pure noise, with v-prediction (see above).
-SD1X_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                     prediction_type="epsilon", clip_sample=False)
+SD1X_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    clip_sample=False,
+)
 SCHEDULE = SD1X_SCHEDULE | dict(rescale_betas_zero_snr=True, prediction_type="v_prediction")
 SCHEDULES = {"epsilon": SD1X_SCHEDULE, "v_prediction": SCHEDULE}
 
 
 def text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=4 * TEXT_DIM,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         projection_dim=TEXT_DIM,
     )
     return CLIPTextModel(config)
@@ -54,19 +67,30 @@ def text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
 
 def vae() -> AutoencoderKL:
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, sample_size=RESOLUTION,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=LATENT_CHANNELS,
+        sample_size=RESOLUTION,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
     )
 
 
 def unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
+        sample_size=LATENT_SIZE,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        layers_per_block=1,
         block_out_channels=(32, 64, 128),
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=32, norm_num_groups=16,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=32,
+        norm_num_groups=16,
     )
 
 
@@ -79,5 +103,4 @@ def sample_scheduler(prediction_type: str = "v_prediction") -> DDIMScheduler:
     schedule: "leading" spacing would start where that schedule still expects a trace of an image,
     which pure noise does not hold."""
     spacing = "trailing" if prediction_type == "v_prediction" else "leading"
-    return DDIMScheduler(**SCHEDULES[prediction_type], set_alpha_to_one=False, steps_offset=1,
-                         timestep_spacing=spacing)
+    return DDIMScheduler(**SCHEDULES[prediction_type], set_alpha_to_one=False, steps_offset=1, timestep_spacing=spacing)

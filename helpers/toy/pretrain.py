@@ -35,14 +35,16 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from helpers.toy import judge as judge_mod
-from helpers.toy import model as toymodel, tokenizer as toytokenizer, world as toyworld
 from helpers.core.atomic import replace_dir_atomic, save_torch_atomic, write_text_atomic
 from helpers.core.errors import UsageError
-from helpers.diffusion.losses import snr_weights
-from helpers.core.runtime import configure_cpu
-from helpers.toy.stage_state import StageState
 from helpers.core.paths import DATA
+from helpers.core.runtime import configure_cpu
+from helpers.diffusion.losses import snr_weights
+from helpers.toy import judge as judge_mod
+from helpers.toy import model as toymodel
+from helpers.toy import tokenizer as toytokenizer
+from helpers.toy import world as toyworld
+from helpers.toy.stage_state import StageState
 from helpers.training.loop import denoising_target
 
 STAGES = "stages.json"  # every stage that produced the weights: command, seed, steps, time
@@ -57,11 +59,13 @@ def _render_batch(seeds: range, names: dict) -> torch.Tensor:
 
 
 def _one_cycle(opt: torch.optim.Optimizer, lr: float | list[float], steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05,
-                                               anneal_strategy="cos", div_factor=10, final_div_factor=20)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=steps, pct_start=0.05, anneal_strategy="cos", div_factor=10, final_div_factor=20
+    )
 
 
 # --------------------------------------------------------------------------- VAE
+
 
 def vae_stage_dir(output: Path) -> Path:
     """Where the first stage leaves its VAE for the second (not part of the released model)."""
@@ -76,8 +80,9 @@ def vae_loss(recon: torch.Tensor, x: torch.Tensor, posterior, mse_weight: float)
     return F.l1_loss(recon, x) + mse_weight * F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
 
 
-def held_out_pass(vae: AutoencoderKL, count: int = HELD_OUT_RENDERS,
-                  first_seed: int = HELD_OUT_SEED) -> tuple[float, torch.Tensor]:
+def held_out_pass(
+    vae: AutoencoderKL, count: int = HELD_OUT_RENDERS, first_seed: int = HELD_OUT_SEED
+) -> tuple[float, torch.Tensor]:
     """Encode ``count`` fresh renders to their latent means and decode them, once: the PSNR (dB,
     pixels in [-1, 1]) of the round trip, and the latent means (their spread sets the scaling factor)."""
     names = toyworld.named_instances()
@@ -87,7 +92,7 @@ def held_out_pass(vae: AutoencoderKL, count: int = HELD_OUT_RENDERS,
             x = _render_batch(range(first_seed + i, first_seed + min(i + 128, count)), names)
             latents.append(vae.encode(x).latent_dist.mean)
             errors.append(F.mse_loss(vae.decode(latents[-1]).sample, x, reduction="sum"))
-    psnr = 10 * math.log10(4.0 / (sum(errors).item() / (count * 3 * toymodel.RESOLUTION ** 2)))
+    psnr = 10 * math.log10(4.0 / (sum(errors).item() / (count * 3 * toymodel.RESOLUTION**2)))
     return psnr, torch.cat(latents)
 
 
@@ -96,8 +101,9 @@ def vae_psnr(vae: AutoencoderKL, count: int = HELD_OUT_RENDERS, first_seed: int 
     return held_out_pass(vae, count, first_seed)[0]
 
 
-def train_vae(stage: Path, steps: int, batch_size: int, seed: int, lr: float, mse_weight: float = 10.0,
-              continued: bool = False) -> dict:
+def train_vae(
+    stage: Path, steps: int, batch_size: int, seed: int, lr: float, mse_weight: float = 10.0, continued: bool = False
+) -> dict:
     """Train the autoencoder on fresh renders (a new batch every step, a function of the step), from
     scratch or, ``continued``, on from the VAE in ``stage`` (a second phase with its own schedule);
     resumable: a killed run started again with the same settings goes on from its last state."""
@@ -111,13 +117,20 @@ def train_vae(stage: Path, steps: int, batch_size: int, seed: int, lr: float, ms
         # default 0 (std 1), sampled latents are as noisy as they are informative and the decoder
         # learns to blur colours before the tiny KL weight lets the variance shrink.
         with torch.no_grad():
-            vae.quant_conv.bias[vae.config.latent_channels:] = -6.0
+            vae.quant_conv.bias[vae.config.latent_channels :] = -6.0
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = _one_cycle(opt, lr, steps)
-    settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "learning_rate": lr, "mse_weight": mse_weight,
-                "continued": continued}
-    state = StageState(stage, settings, {"vae": vae, "optimizer": opt, "schedule": sched},
-                       every_seconds=SAVE_EVERY_SECONDS)
+    settings = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "learning_rate": lr,
+        "mse_weight": mse_weight,
+        "continued": continued,
+    }
+    state = StageState(
+        stage, settings, {"vae": vae, "optimizer": opt, "schedule": sched}, every_seconds=SAVE_EVERY_SECONDS
+    )
     for step in (bar := tqdm(range(state.resume(), steps), desc="vae", initial=state.step, total=steps)):
         base = seed * 10**6 + step * batch_size
         x = _render_batch(range(base, base + batch_size), names)
@@ -135,13 +148,17 @@ def train_vae(stage: Path, steps: int, batch_size: int, seed: int, lr: float, ms
     # SD rescales latents to unit variance before diffusion (0.18215 for SD 1.x); measure ours.
     vae.register_to_config(scaling_factor=round(1.0 / latents.std().item(), 5))
     vae.save_pretrained(stage, safe_serialization=True)
-    report = settings | {"seconds": round(state.seconds(), 1), "held_out_psnr_db": round(psnr, 2),
-                         "scaling_factor": vae.config.scaling_factor}
+    report = settings | {
+        "seconds": round(state.seconds(), 1),
+        "held_out_psnr_db": round(psnr, 2),
+        "scaling_factor": vae.config.scaling_factor,
+    }
     state.clear()
     return report
 
 
 # --------------------------------------------------------------------------- text encoder + UNet
+
 
 def encode_dataset(vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """Render ``count`` captioned scenes and encode them to scaled latents once (SD caches nothing;
@@ -184,8 +201,9 @@ def layout_indices(captions: list[str]) -> list[int]:
     return [i for i, caption in enumerate(captions) if any(p in caption for p in LAYOUT_PHRASES)]
 
 
-def draw_batch(rng: random.Random, size: int, batch_size: int, layout: list[int],
-               layout_fraction: float) -> tuple[torch.Tensor, int]:
+def draw_batch(
+    rng: random.Random, size: int, batch_size: int, layout: list[int], layout_fraction: float
+) -> tuple[torch.Tensor, int]:
     """Indices of one batch, and how many at its end are a layout batch (drawn from ``layout``)."""
     n_layout = round(batch_size * layout_fraction)
     return torch.tensor(rng.sample(range(size), batch_size - n_layout) + rng.choices(layout, k=n_layout)), n_layout
@@ -195,12 +213,13 @@ def draw_timesteps(batch_size: int, n_layout: int, num_train_timesteps: int) -> 
     """Uniform timesteps, except the last ``n_layout``: those from the highest noise levels only."""
     t = torch.randint(0, num_train_timesteps, (batch_size,))
     if n_layout:
-        t[batch_size - n_layout:] = torch.randint(LAYOUT_FROM_TIMESTEP, num_train_timesteps, (n_layout,))
+        t[batch_size - n_layout :] = torch.randint(LAYOUT_FROM_TIMESTEP, num_train_timesteps, (n_layout,))
     return t
 
 
-def unet_loss(pred: torch.Tensor, noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-              snr_gamma: float = 5.0) -> torch.Tensor:
+def unet_loss(
+    pred: torch.Tensor, noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, snr_gamma: float = 5.0
+) -> torch.Tensor:
     """Epsilon prediction with min-SNR weighting, as SD 1.x was trained; v-prediction with the plain MSE
     (min-SNR would weight the highest noise levels, where a layout is decided, by their SNR: zero)."""
     target = denoising_target(noise_scheduler, x0, noise, t)
@@ -210,10 +229,21 @@ def unet_loss(pred: torch.Tensor, noise_scheduler, x0: torch.Tensor, noise: torc
     return (per_sample * snr_weights(noise_scheduler, t, snr_gamma)).mean()
 
 
-def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int, dataset_size: int, lr: float,
-               init_from: Path | None = None, prediction_type: str = "epsilon", layout_fraction: float = 0.0,
-               text_encoder_lr: float | None = None, weight_decay: float = 1e-2,
-               cfg_dropout: float = 0.1) -> tuple[dict, Path]:
+def train_unet(
+    output: Path,
+    stage: Path,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    dataset_size: int,
+    lr: float,
+    init_from: Path | None = None,
+    prediction_type: str = "epsilon",
+    layout_fraction: float = 0.0,
+    text_encoder_lr: float | None = None,
+    weight_decay: float = 1e-2,
+    cfg_dropout: float = 0.1,
+) -> tuple[dict, Path]:
     """Train text encoder and UNet jointly on cached latents; from scratch, or on from the weights of
     ``init_from`` (a later phase, on fresh scenes). ``prediction_type`` picks the schedule and target
     (``toymodel.SCHEDULES``); ``layout_fraction`` of every batch is a layout batch: scenes whose
@@ -230,12 +260,14 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
     latents, captions = cached_dataset(work, vae, dataset_size, seed)
     layout = layout_indices(captions)
     if layout_fraction and not layout:
-        raise UsageError(f"none of the {len(captions)} captions names a place, so there is no layout batch to draw: "
-                         "raise --dataset_size")
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                      return_tensors="pt").input_ids
+        raise UsageError(
+            f"none of the {len(captions)} captions names a place, so there is no layout batch to draw: "
+            "raise --dataset_size"
+        )
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     if init_from is None:
         text_encoder, unet = toymodel.text_encoder(tokenizer), toymodel.unet()
     else:
@@ -244,20 +276,40 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
     noise_scheduler = toymodel.train_scheduler(prediction_type)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     text_encoder_lr = text_encoder_lr or lr
-    opt = torch.optim.AdamW([{"params": list(text_encoder.parameters()), "lr": text_encoder_lr},
-                             {"params": list(unet.parameters()), "lr": lr}], lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(text_encoder.parameters()), "lr": text_encoder_lr},
+            {"params": list(unet.parameters()), "lr": lr},
+        ],
+        lr=lr,
+        weight_decay=weight_decay,
+    )
     sched = _one_cycle(opt, [text_encoder_lr, lr], steps)
     ema = EMAModel(params, decay=0.999, foreach=True)
-    settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "dataset_size": dataset_size,
-                "learning_rate": lr, "text_encoder_lr": text_encoder_lr, "weight_decay": weight_decay,
-                "prediction_type": prediction_type, "layout_fraction": layout_fraction,
-                "init_from": str(init_from) if init_from else None,
-                "vae_scaling_factor": vae.config.scaling_factor}
-    state = StageState(work, settings, {"text_encoder": text_encoder, "unet": unet, "optimizer": opt,
-                                        "schedule": sched, "ema": ema}, rng=rng, started=started,
-                       every_seconds=SAVE_EVERY_SECONDS)
-    for step in (bar := tqdm(range(state.resume(), steps), desc="text encoder + unet", initial=state.step,
-                             total=steps)):
+    settings = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "dataset_size": dataset_size,
+        "learning_rate": lr,
+        "text_encoder_lr": text_encoder_lr,
+        "weight_decay": weight_decay,
+        "prediction_type": prediction_type,
+        "layout_fraction": layout_fraction,
+        "init_from": str(init_from) if init_from else None,
+        "vae_scaling_factor": vae.config.scaling_factor,
+    }
+    state = StageState(
+        work,
+        settings,
+        {"text_encoder": text_encoder, "unet": unet, "optimizer": opt, "schedule": sched, "ema": ema},
+        rng=rng,
+        started=started,
+        every_seconds=SAVE_EVERY_SECONDS,
+    )
+    for step in (
+        bar := tqdm(range(state.resume(), steps), desc="text encoder + unet", initial=state.step, total=steps)
+    ):
         idx, n_layout = draw_batch(rng, len(latents), batch_size, layout, layout_fraction)
         batch_ids = ids[idx].clone()
         batch_ids[torch.rand(batch_size) < cfg_dropout] = empty[0]
@@ -276,9 +328,16 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     ema.copy_to(params)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=toymodel.sample_scheduler(prediction_type), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=toymodel.sample_scheduler(prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     build = output.with_name(f".{output.name}.build")
     pipe.save_pretrained(build, safe_serialization=True)
     report = {k: v for k, v in settings.items() if k != "vae_scaling_factor"} | {"seconds": round(state.seconds(), 1)}
@@ -288,21 +347,31 @@ def train_unet(output: Path, stage: Path, steps: int, batch_size: int, seed: int
 
 # --------------------------------------------------------------------------- model card
 
+
 def _stage_row(entry: dict) -> str:
     r = entry["report"]
     if entry["stage"] == "VAE":
-        notes = (f"fresh renders, L1 + {r['mse_weight']:g} x MSE, peak lr {r['learning_rate']}, "
-                 f"held-out PSNR {r['held_out_psnr_db']} dB, scaling factor {r['scaling_factor']}"
-                 f"{', continued from the row above' if r['continued'] else ''}")
+        notes = (
+            f"fresh renders, L1 + {r['mse_weight']:g} x MSE, peak lr {r['learning_rate']}, "
+            f"held-out PSNR {r['held_out_psnr_db']} dB, scaling factor {r['scaling_factor']}"
+            f"{', continued from the row above' if r['continued'] else ''}"
+        )
     else:
-        loss = ("v-prediction MSE on the zero-SNR schedule" if r["prediction_type"] == "v_prediction"
-                else "epsilon prediction, min-SNR 5")
+        loss = (
+            "v-prediction MSE on the zero-SNR schedule"
+            if r["prediction_type"] == "v_prediction"
+            else "epsilon prediction, min-SNR 5"
+        )
         layout = f", {r['layout_fraction']:.0%} layout batches" if r["layout_fraction"] else ""
-        notes = (f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']} "
-                 f"(text encoder {r['text_encoder_lr']}), weight decay {r['weight_decay']:g}, {loss}{layout}, "
-                 f"EMA 0.999, 10% empty captions{', continued from the row above' if r.get('init_from') else ''}")
-    return (f"| {entry['stage']} | `{entry['command']}` | {r['steps']} | {r['batch_size']} | {r['seed']} | "
-            f"{r['seconds']} s | {notes} |")
+        notes = (
+            f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']} "
+            f"(text encoder {r['text_encoder_lr']}), weight decay {r['weight_decay']:g}, {loss}{layout}, "
+            f"EMA 0.999, 10% empty captions{', continued from the row above' if r.get('init_from') else ''}"
+        )
+    return (
+        f"| {entry['stage']} | `{entry['command']}` | {r['steps']} | {r['batch_size']} | {r['seed']} | "
+        f"{r['seconds']} s | {notes} |"
+    )
 
 
 def _model_card(stages: list[dict]) -> str:
@@ -337,30 +406,56 @@ The training data are toy renders only; the model draws nothing but the toy worl
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m helpers.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=("judge", "vae", "unet", "all"))
-    parser.add_argument("--output", type=Path, default=None, help="output folder (default: data/toy-sd or data/toy-judge)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="output folder (default: data/toy-sd or data/toy-judge)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--judge_steps", type=int, default=1200)
-    parser.add_argument("--vae", type=Path, default=DATA / "toy-sd" / "vae",
-                        help="judge stage: the toy model's VAE, through which half its training images pass")
+    parser.add_argument(
+        "--vae",
+        type=Path,
+        default=DATA / "toy-sd" / "vae",
+        help="judge stage: the toy model's VAE, through which half its training images pass",
+    )
     parser.add_argument("--vae_steps", type=int, default=5000)
     parser.add_argument("--vae_batch_size", type=int, default=32)
     parser.add_argument("--vae_learning_rate", type=float, default=2e-3)
-    parser.add_argument("--vae_mse_weight", type=float, default=10.0,
-                        help="weight of the MSE term against L1 in the VAE's reconstruction loss")
-    parser.add_argument("--vae_continue", action="store_true",
-                        help="vae stage: go on from the VAE already in the stage folder (a second phase)")
+    parser.add_argument(
+        "--vae_mse_weight",
+        type=float,
+        default=10.0,
+        help="weight of the MSE term against L1 in the VAE's reconstruction loss",
+    )
+    parser.add_argument(
+        "--vae_continue",
+        action="store_true",
+        help="vae stage: go on from the VAE already in the stage folder (a second phase)",
+    )
     parser.add_argument("--unet_steps", type=int, default=5000)
     parser.add_argument("--unet_batch_size", type=int, default=64)
     parser.add_argument("--dataset_size", type=int, default=80000)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--init_from", type=Path, default=None,
-                        help="unet stage: continue from this pipeline's text encoder and UNet")
-    parser.add_argument("--prediction_type", choices=tuple(toymodel.SCHEDULES), default="epsilon",
-                        help="unet stage: epsilon on SD 1.x's schedule, or v on it rescaled to zero terminal SNR")
-    parser.add_argument("--layout_fraction", type=float, default=0.0,
-                        help="unet stage: share of each batch drawn from captions that name a place, at high noise")
-    parser.add_argument("--text_encoder_lr", type=float, default=None,
-                        help="unet stage: the text encoder's peak learning rate (default: --learning_rate)")
+    parser.add_argument(
+        "--init_from", type=Path, default=None, help="unet stage: continue from this pipeline's text encoder and UNet"
+    )
+    parser.add_argument(
+        "--prediction_type",
+        choices=tuple(toymodel.SCHEDULES),
+        default="epsilon",
+        help="unet stage: epsilon on SD 1.x's schedule, or v on it rescaled to zero terminal SNR",
+    )
+    parser.add_argument(
+        "--layout_fraction",
+        type=float,
+        default=0.0,
+        help="unet stage: share of each batch drawn from captions that name a place, at high noise",
+    )
+    parser.add_argument(
+        "--text_encoder_lr",
+        type=float,
+        default=None,
+        help="unet stage: the text encoder's peak learning rate (default: --learning_rate)",
+    )
     parser.add_argument("--weight_decay", type=float, default=1e-2)
     return parser.parse_args(argv)
 
@@ -374,8 +469,17 @@ def vae_continuation(flags: list[str], phase: int, seed: int, steps: int, learni
     halved again for each later phase. Each schedule's warm-up and decay gains what one longer
     schedule would, and keeps every phase under an hour on a 2-core CPU."""
     halving = 2 ** (phase - 1)
-    return ["vae", "--vae_continue", *flags, "--seed", str(seed + phase),
-            "--vae_steps", str(steps * 3 // (5 * halving)), "--vae_learning_rate", f"{learning_rate / (4 * halving):g}"]
+    return [
+        "vae",
+        "--vae_continue",
+        *flags,
+        "--seed",
+        str(seed + phase),
+        "--vae_steps",
+        str(steps * 3 // (5 * halving)),
+        "--vae_learning_rate",
+        f"{learning_rate / (4 * halving):g}",
+    ]
 
 
 def second_phase(flags: list[str], output: Path, seed: int, steps: int, learning_rate: float) -> list[str]:
@@ -385,10 +489,26 @@ def second_phase(flags: list[str], output: Path, seed: int, steps: int, learning
     (``train_unet``). The text encoder keeps the first phase's peak learning rate, the UNet takes
     3/10 of it, and nothing decays the weights: the text encoder relearns words the first phase let
     collapse together ("left" and "right"), the UNet only adapts to its new target."""
-    return ["unet", "--init_from", _shown(output), *flags, "--seed", str(seed + 1),
-            "--unet_steps", str(steps * 4 // 5), "--learning_rate", f"{learning_rate * 3 / 10:g}",
-            "--text_encoder_lr", f"{learning_rate:g}", "--weight_decay", "0",
-            "--prediction_type", "v_prediction", "--layout_fraction", "0.5"]
+    return [
+        "unet",
+        "--init_from",
+        _shown(output),
+        *flags,
+        "--seed",
+        str(seed + 1),
+        "--unet_steps",
+        str(steps * 4 // 5),
+        "--learning_rate",
+        f"{learning_rate * 3 / 10:g}",
+        "--text_encoder_lr",
+        f"{learning_rate:g}",
+        "--weight_decay",
+        "0",
+        "--prediction_type",
+        "v_prediction",
+        "--layout_fraction",
+        "0.5",
+    ]
 
 
 def vae_stages(output: Path) -> list[dict]:
@@ -404,8 +524,15 @@ def _vae_stage(output: Path, args: argparse.Namespace, command: str) -> None:
         return
     if args.vae_continue and not done:
         raise UsageError(f"no trained VAE in {stage} to continue: run `python -m helpers.pretrain vae` first")
-    report = train_vae(stage, args.vae_steps, args.vae_batch_size, args.seed, args.vae_learning_rate,
-                       args.vae_mse_weight, continued=args.vae_continue)
+    report = train_vae(
+        stage,
+        args.vae_steps,
+        args.vae_batch_size,
+        args.seed,
+        args.vae_learning_rate,
+        args.vae_mse_weight,
+        continued=args.vae_continue,
+    )
     entry = {"stage": "VAE", "command": command, "report": report}
     write_text_atomic(stage / STAGES, json.dumps((done if args.vae_continue else []) + [entry], indent=2))
     print(json.dumps(report))
@@ -418,7 +545,7 @@ def _holds(output: Path, prefix: list[dict], command: str) -> bool:
     if not path.exists():
         return False
     held = json.loads(path.read_text())
-    return held[:len(prefix)] == prefix and any(entry["command"] == command for entry in held[len(prefix):])
+    return held[: len(prefix)] == prefix and any(entry["command"] == command for entry in held[len(prefix) :])
 
 
 def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
@@ -427,18 +554,30 @@ def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
         raise UsageError(f"no trained VAE in {stage}: run `python -m helpers.pretrain vae` first")
     if args.init_from is not None:
         stages = json.loads((args.init_from / STAGES).read_text())
-        if stages[:len(prefix)] != prefix:
-            raise UsageError(f"{args.init_from} was trained on another VAE than {stage}'s: train its UNet stage "
-                             "from scratch first (python -m helpers.pretrain unet)")
+        if stages[: len(prefix)] != prefix:
+            raise UsageError(
+                f"{args.init_from} was trained on another VAE than {stage}'s: train its UNet stage "
+                "from scratch first (python -m helpers.pretrain unet)"
+            )
     else:
         stages = list(prefix)
     if _holds(output, prefix, command):
         print(f"{output} already holds the stage `{command}` on this VAE; delete {output / STAGES} to train it again")
         return
-    report, build = train_unet(output, stage, args.unet_steps, args.unet_batch_size, args.seed, args.dataset_size,
-                               args.learning_rate, init_from=args.init_from, prediction_type=args.prediction_type,
-                               layout_fraction=args.layout_fraction, text_encoder_lr=args.text_encoder_lr,
-                               weight_decay=args.weight_decay)
+    report, build = train_unet(
+        output,
+        stage,
+        args.unet_steps,
+        args.unet_batch_size,
+        args.seed,
+        args.dataset_size,
+        args.learning_rate,
+        init_from=args.init_from,
+        prediction_type=args.prediction_type,
+        layout_fraction=args.layout_fraction,
+        text_encoder_lr=args.text_encoder_lr,
+        weight_decay=args.weight_decay,
+    )
     stages.append({"stage": "text encoder + UNet", "command": command, "report": report})
     write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
     write_text_atomic(build / "README.md", _model_card(stages))
@@ -476,9 +615,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def _all_stages(flags: list[str], output: Path, args: argparse.Namespace) -> list[list[str]]:
     """The commands `all` stands for, each as it would be typed (and as the model card records it)."""
-    continuations = [vae_continuation(flags, phase, args.seed, args.vae_steps, args.vae_learning_rate)
-                     for phase in range(1, VAE_CONTINUATIONS + 1)]
-    return [["vae", *flags], *continuations, ["unet", *flags], second_phase(flags, output, args.seed, args.unet_steps, args.learning_rate)]
+    continuations = [
+        vae_continuation(flags, phase, args.seed, args.vae_steps, args.vae_learning_rate)
+        for phase in range(1, VAE_CONTINUATIONS + 1)
+    ]
+    return [
+        ["vae", *flags],
+        *continuations,
+        ["unet", *flags],
+        second_phase(flags, output, args.seed, args.unet_steps, args.learning_rate),
+    ]
 
 
 def _judge_argv(output: Path, args: argparse.Namespace) -> list[str]:

@@ -20,8 +20,12 @@ from helpers.toy.world import Instance, Placed, Scene
 RELATIONS = {"to the left of": "left", "to the right of": "right", "above": "above", "below": "below"}
 PHRASES = {relation: phrase for phrase, relation in RELATIONS.items()}
 # Centres (x, y in [0, 1], y down) of the first and the second object for each relation.
-CENTRES = {"left": ((0.27, 0.55), (0.73, 0.55)), "right": ((0.73, 0.55), (0.27, 0.55)),
-           "above": ((0.5, 0.27), (0.5, 0.73)), "below": ((0.5, 0.73), (0.5, 0.27))}
+CENTRES = {
+    "left": ((0.27, 0.55), (0.73, 0.55)),
+    "right": ((0.73, 0.55), (0.27, 0.55)),
+    "above": ((0.5, 0.27), (0.5, 0.73)),
+    "below": ((0.5, 0.73), (0.5, 0.27)),
+}
 
 
 # Class pairs kept out of ControlNet training, in both orders, so that evaluation asks for
@@ -46,9 +50,11 @@ class RelationSample:
 
 
 def relation_prompt(first: Instance, relation: str, second: Instance) -> str:
-    """"a red dog to the left of a blue cup"."""
-    return (f"{toyworld.noun_phrase(first.cls, first.colour)} {PHRASES[relation]} "
-            f"{toyworld.noun_phrase(second.cls, second.colour)}")
+    """ "a red dog to the left of a blue cup"."""
+    return (
+        f"{toyworld.noun_phrase(first.cls, first.colour)} {PHRASES[relation]} "
+        f"{toyworld.noun_phrase(second.cls, second.colour)}"
+    )
 
 
 def relation_sample(seed: int, pairs: list[tuple[str, str]] | None = None) -> RelationSample:

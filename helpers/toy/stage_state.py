@@ -30,8 +30,15 @@ class StageState:
     other settings belongs to another run, and resuming it would train a model no command describes.
     """
 
-    def __init__(self, folder: Path, settings: dict, objects: dict[str, Any], rng: random.Random | None = None,
-                 every_seconds: float = 300.0, started: float | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        settings: dict,
+        objects: dict[str, Any],
+        rng: random.Random | None = None,
+        every_seconds: float = 300.0,
+        started: float | None = None,
+    ) -> None:
         self.path = Path(folder) / STATE
         self.settings, self.objects, self.rng = settings, objects, rng
         self.every_seconds = every_seconds
@@ -45,8 +52,10 @@ class StageState:
             return 0
         saved = torch.load(self.path, weights_only=False)
         if saved["settings"] != self.settings:
-            raise UsageError(f"{self.path} was written by a run with other settings ({saved['settings']}); "
-                             f"delete it to start again, or rerun that run's command to finish it")
+            raise UsageError(
+                f"{self.path} was written by a run with other settings ({saved['settings']}); "
+                f"delete it to start again, or rerun that run's command to finish it"
+            )
         for name, obj in self.objects.items():
             obj.load_state_dict(saved["objects"][name])
         torch.set_rng_state(saved["torch_rng"])
@@ -67,10 +76,14 @@ class StageState:
             self.save()
 
     def save(self) -> None:
-        state = {"settings": self.settings, "step": self.step, "elapsed": self.seconds(),
-                 "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
-                 "torch_rng": torch.get_rng_state(),
-                 "python_rng": self.rng.getstate() if self.rng is not None else None}
+        state = {
+            "settings": self.settings,
+            "step": self.step,
+            "elapsed": self.seconds(),
+            "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": self.rng.getstate() if self.rng is not None else None,
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         save_torch_atomic(state, self.path)
         self._last_save = time.time()

@@ -86,8 +86,8 @@ def build_tokenizer(directory: str | Path) -> CLIPTokenizer:
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     lines = ["#version: 0.2 - toy world BPE"] + [" ".join(m) for m in merges]
     (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tok = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
-                        model_max_length=MAX_LENGTH, pad_token=EOS)
+    tok = CLIPTokenizer(
+        str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=MAX_LENGTH, pad_token=EOS
+    )
     tok.save_pretrained(directory)
     return tok
-

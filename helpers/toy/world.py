@@ -52,8 +52,16 @@ PATTERNS = ("plain", "spots", "stripes")
 # Fine detail for the super-resolution lesson: a mark a few pixels wide that a 128 px render
 # shows and a 64 px one blurs into a blob. Anchors are in each class's drawing coordinates.
 EMBLEMS = ("star", "ring", "cross", "diamond")
-EMBLEM_ANCHORS = {"dog": (-0.15, 0.05), "cat": (-0.1, 0.25), "sunglasses": (0.47, -0.02), "cup": (0.0, 0.05),
-                  "house": (0.0, -0.32), "tree": (0.0, -0.2), "car": (-0.2, 0.02), "flower": (0.0, -0.35)}
+EMBLEM_ANCHORS = {
+    "dog": (-0.15, 0.05),
+    "cat": (-0.1, 0.25),
+    "sunglasses": (0.47, -0.02),
+    "cup": (0.0, 0.05),
+    "house": (0.0, -0.32),
+    "tree": (0.0, -0.2),
+    "car": (-0.2, 0.02),
+    "flower": (0.0, -0.35),
+}
 EMBLEM_RADIUS = 0.09
 SUPERSAMPLE = 4
 
@@ -67,7 +75,7 @@ class Instance:
     accent: str
     pattern: str
     shape: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    emblem: str = ""              # a small mark drawn only in detailed renders (see EMBLEMS)
+    emblem: str = ""  # a small mark drawn only in detailed renders (see EMBLEMS)
     emblem_colour: str = "yellow"
 
 
@@ -102,6 +110,7 @@ class Sample:
 
 
 # --------------------------------------------------------------------------- instances
+
 
 def random_instance(rng: random.Random, cls: str | None = None, colour: str | None = None) -> Instance:
     """A random instance; class and colour may be fixed."""
@@ -140,6 +149,7 @@ def named_instances(count: int = 48, seed: int = 1234) -> dict[str, Instance]:
 
 
 # --------------------------------------------------------------------------- drawing
+
 
 def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 12) -> tuple[int, int, int]:
     return tuple(int(min(255, max(0, v + rng.randint(-amount, amount)))) for v in rgb)
@@ -193,8 +203,12 @@ class _Pen:
     def ellipse(self, box, fill, width: int = 0, outline=None) -> None:
         b = self.box(*box)
         self.draw.ellipse(b, fill=fill, outline=outline, width=width)
-        self.mask.ellipse(b, fill=self.label if fill is not None else None,
-                          outline=self.label if outline is not None else None, width=width)
+        self.mask.ellipse(
+            b,
+            fill=self.label if fill is not None else None,
+            outline=self.label if outline is not None else None,
+            width=width,
+        )
 
     def rect(self, box, fill) -> None:
         b = self.box(*box)
@@ -226,8 +240,7 @@ def _pattern(pen: _Pen, box, accent, pattern: str, seed: float) -> None:
     elif pattern == "stripes":
         for k in range(3):
             u = u0 + (u1 - u0) * (k + 1) / 4
-            pen.draw.line([pen.xy(u, v0 + 0.05), pen.xy(u, v1 - 0.05)], fill=accent,
-                          width=max(1, int(0.08 * pen.half)))
+            pen.draw.line([pen.xy(u, v0 + 0.05), pen.xy(u, v1 - 0.05)], fill=accent, width=max(1, int(0.08 * pen.half)))
 
 
 def _draw_dog(pen: _Pen, inst: Instance, body, accent) -> None:
@@ -343,8 +356,13 @@ def _draw_emblem(pen: _Pen, inst: Instance) -> None:
     u, v = EMBLEM_ANCHORS[inst.cls]
     r, colour = EMBLEM_RADIUS, COLOURS[inst.emblem_colour]
     if inst.emblem == "star":
-        pts = [(u + (r if k % 2 == 0 else 0.45 * r) * np.sin(np.pi * k / 5),
-                v - (r if k % 2 == 0 else 0.45 * r) * np.cos(np.pi * k / 5)) for k in range(10)]
+        pts = [
+            (
+                u + (r if k % 2 == 0 else 0.45 * r) * np.sin(np.pi * k / 5),
+                v - (r if k % 2 == 0 else 0.45 * r) * np.cos(np.pi * k / 5),
+            )
+            for k in range(10)
+        ]
         pen.poly(pts, colour)
     elif inst.emblem == "ring":
         pen.ellipse((u - r, v - r, u + r, v + r), None, width=max(1, int(0.35 * r * pen.half)), outline=colour)
@@ -358,13 +376,20 @@ def _draw_emblem(pen: _Pen, inst: Instance) -> None:
 
 
 _DRAWERS = {
-    "dog": _draw_dog, "cat": _draw_cat, "sunglasses": _draw_sunglasses, "cup": _draw_cup,
-    "house": _draw_house, "tree": _draw_tree, "car": _draw_car, "flower": _draw_flower,
+    "dog": _draw_dog,
+    "cat": _draw_cat,
+    "sunglasses": _draw_sunglasses,
+    "cup": _draw_cup,
+    "house": _draw_house,
+    "tree": _draw_tree,
+    "car": _draw_car,
+    "flower": _draw_flower,
 }
 
 
-def render_with_mask(scene: Scene, size: int = 64, seed: int = 0,
-                     detail: bool = False) -> tuple[Image.Image, np.ndarray]:
+def render_with_mask(
+    scene: Scene, size: int = 64, seed: int = 0, detail: bool = False
+) -> tuple[Image.Image, np.ndarray]:
     """Render a scene and its label map (0 background, k for the k-th object, 1-based).
 
     ``detail`` adds each instance's emblem; without it the pixels are exactly those the toy model
@@ -423,8 +448,8 @@ def render_structure(scene: Scene, kind: str = "outline", size: int = 64, seed: 
 
 # --------------------------------------------------------------------------- captions
 
-def caption_for(placed: Placed, background: str, size_word: str, position: str, name: str,
-                rng: random.Random) -> str:
+
+def caption_for(placed: Placed, background: str, size_word: str, position: str, name: str, rng: random.Random) -> str:
     """A caption in the style of "a photo of a big red dog on the left in the snow".
 
     Each attribute is mentioned only sometimes, so that a bare class prompt ("a photo of a dog")
@@ -454,8 +479,9 @@ def caption_for(placed: Placed, background: str, size_word: str, position: str, 
     return " ".join(" ".join(words).split())
 
 
-def place(instance: Instance, rng: random.Random, size_word: str | None = None,
-          position: str | None = None) -> tuple[Placed, str, str]:
+def place(
+    instance: Instance, rng: random.Random, size_word: str | None = None, position: str | None = None
+) -> tuple[Placed, str, str]:
     size_word = size_word or rng.choice(SIZES)
     position = position or rng.choice(POSITIONS)
     size = rng.uniform(0.36, 0.46) if size_word == "small" else rng.uniform(0.56, 0.7)
@@ -466,8 +492,9 @@ def place(instance: Instance, rng: random.Random, size_word: str | None = None,
     return Placed(instance, x, y, size, rng.random() < 0.5), size_word, position
 
 
-def random_sample(seed: int, names: dict[str, Instance] | None = None, name_prob: float = 0.15,
-                  stray_prob: float = 0.05) -> Sample:
+def random_sample(
+    seed: int, names: dict[str, Instance] | None = None, name_prob: float = 0.15, stray_prob: float = 0.05
+) -> Sample:
     """One random captioned scene. With ``names``, a share of captions name a bound instance
     ("a photo of vek dog") and a smaller share put an unbound rare token before a random one."""
     rng = random.Random(seed)
@@ -497,8 +524,9 @@ def random_sample(seed: int, names: dict[str, Instance] | None = None, name_prob
     return Sample(scene, caption, size_word, position, name, labels)
 
 
-def subject_scenes(instance: Instance, count: int, seed: int = 0,
-                   backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach")) -> list[Scene]:
+def subject_scenes(
+    instance: Instance, count: int, seed: int = 0, backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach")
+) -> list[Scene]:
     """The same subject in new poses and scenes: what a learner photographs for DreamBooth."""
     rng = random.Random(seed)
     scenes = []
@@ -508,9 +536,14 @@ def subject_scenes(instance: Instance, count: int, seed: int = 0,
     return scenes
 
 
-def subject_views(instance: Instance, count: int, seed: int = 0,
-                  backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach"),
-                  size: int = 64, detail: bool = False) -> list[Image.Image]:
+def subject_views(
+    instance: Instance,
+    count: int,
+    seed: int = 0,
+    backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach"),
+    size: int = 64,
+    detail: bool = False,
+) -> list[Image.Image]:
     """Renders of `subject_scenes`, each with its own colour jitter."""
     scenes = subject_scenes(instance, count, seed, backgrounds)
     return [render(scene, size, seed * 1000 + k, detail) for k, scene in enumerate(scenes)]
@@ -528,8 +561,9 @@ def emblem_box(placed: Placed, size: int, margin: float = 1.5) -> tuple[int, int
 
 # --------------------------------------------------------------------------- prompts
 
+
 def noun_phrase(cls: str, colour: str | None = None) -> str:
-    """"an orange car", "pink sunglasses": the article English wants (none for a plural)."""
+    """ "an orange car", "pink sunglasses": the article English wants (none for a plural)."""
     words = " ".join(w for w in (colour, cls) if w)
     return words if cls.endswith("s") else ("an " if words[0] in "aeiou" else "a ") + words
 
@@ -569,8 +603,9 @@ def vocabulary_words() -> list[str]:
 # emblem (a blue star, a white cross) is the fine detail that only the 128 px photos show.
 SUBJECTS = {
     "toy_dog": Instance("dog", "brown", "white", "spots", (0.8, 0.7, 0.3), emblem="star", emblem_colour="blue"),
-    "toy_sunglasses": Instance("sunglasses", "pink", "black", "stripes", (0.3, 0.6, 0.8), emblem="cross",
-                               emblem_colour="white"),
+    "toy_sunglasses": Instance(
+        "sunglasses", "pink", "black", "stripes", (0.3, 0.6, 0.8), emblem="cross", emblem_colour="white"
+    ),
 }
 SUBJECT_VIEWS = {"toy_dog": 5, "toy_sunglasses": 6}
 
@@ -609,8 +644,10 @@ def write_subjects(folder: str | Path, seed: int = 0) -> list[Path]:
     written = []
     for name, instance in SUBJECTS.items():
         views = subject_views(instance, SUBJECT_VIEWS[name], seed=seed, size=128, detail=True)
-        for out, images in ((folder / name, [shrink(v) for v in views]),
-                            (folder.with_name(f"{folder.name}-128") / name, views)):
+        for out, images in (
+            (folder / name, [shrink(v) for v in views]),
+            (folder.with_name(f"{folder.name}-128") / name, views),
+        ):
             out.mkdir(parents=True, exist_ok=True)
             for k, img in enumerate(images):
                 img.save(out / f"{k:02d}.png")

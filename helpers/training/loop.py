@@ -54,9 +54,16 @@ class LoopSettings:
     @classmethod
     def of(cls, settings: TrainerSettings, desc: str) -> "LoopSettings":
         """The loop settings of a trainer's settings."""
-        return cls(settings.max_train_steps, settings.gradient_accumulation_steps, settings.max_grad_norm,
-                   settings.checkpointing_steps, settings.checkpoints_total_limit, settings.logging_steps,
-                   settings.progress, desc)
+        return cls(
+            settings.max_train_steps,
+            settings.gradient_accumulation_steps,
+            settings.max_grad_norm,
+            settings.checkpointing_steps,
+            settings.checkpoints_total_limit,
+            settings.logging_steps,
+            settings.progress,
+            desc,
+        )
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -69,8 +76,12 @@ def make_lr_scheduler(settings: TrainerSettings, optimizer, accelerator):
     from diffusers.optimization import get_scheduler
 
     n = accelerator.num_processes
-    return get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=settings.lr_warmup_steps * n,
-                         num_training_steps=settings.max_train_steps * n)
+    return get_scheduler(
+        settings.lr_scheduler,
+        optimizer,
+        num_warmup_steps=settings.lr_warmup_steps * n,
+        num_training_steps=settings.max_train_steps * n,
+    )
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -100,8 +111,12 @@ def make_accelerator(output_dir: Path, gradient_accumulation_steps: int, mixed_p
         GradientState._reset_state()
 
     # cpu=True is what makes accelerate pick MULTI_CPU (gloo) under torchrun on a machine without CUDA
-    return Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
-                       cpu=not torch.cuda.is_available(), project_config=ProjectConfiguration(project_dir=str(output_dir)))
+    return Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        project_config=ProjectConfiguration(project_dir=str(output_dir)),
+    )
 
 
 def finish(accelerator) -> None:
@@ -114,10 +129,14 @@ def finish(accelerator) -> None:
 
 # --------------------------------------------------------------------------- checkpoints
 
+
 def checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a ``.tmp`` folder left by a kill is not one)."""
-    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
-             if (m := CHECKPOINT.fullmatch(p.name)) and p.is_dir()]
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(output_dir).glob("checkpoint-*")
+        if (m := CHECKPOINT.fullmatch(p.name)) and p.is_dir()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -172,9 +191,18 @@ def load_history(output_dir: Path, start_step: int, name: str = HISTORY) -> list
 
 # --------------------------------------------------------------------------- the loop
 
-def run_loop(accelerator, output_dir: Path, trained: Sequence[torch.nn.Module], optimizer, lr_scheduler,
-             step_loss: StepLoss, settings: LoopSettings, start_step: int = 0,
-             after_step: Callable[[int], None] | None = None) -> tuple[list[dict], float]:
+
+def run_loop(
+    accelerator,
+    output_dir: Path,
+    trained: Sequence[torch.nn.Module],
+    optimizer,
+    lr_scheduler,
+    step_loss: StepLoss,
+    settings: LoopSettings,
+    start_step: int = 0,
+    after_step: Callable[[int], None] | None = None,
+) -> tuple[list[dict], float]:
     """Train from ``start_step`` to ``settings.max_train_steps``; returns the loss history and the seconds spent.
 
     ``after_step(done)`` runs on every process after each optimizer step (validation, sampling);
@@ -185,8 +213,13 @@ def run_loop(accelerator, output_dir: Path, trained: Sequence[torch.nn.Module], 
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    bar = tqdm(range(start_step, s.max_train_steps), initial=start_step, total=s.max_train_steps, desc=s.desc,
-               disable=not (s.progress and acc.is_local_main_process))
+    bar = tqdm(
+        range(start_step, s.max_train_steps),
+        initial=start_step,
+        total=s.max_train_steps,
+        desc=s.desc,
+        disable=not (s.progress and acc.is_local_main_process),
+    )
     pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
     t0 = time.perf_counter()
     for step in bar:
@@ -202,14 +235,17 @@ def run_loop(accelerator, output_dir: Path, trained: Sequence[torch.nn.Module], 
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-        pending.append((total / s.gradient_accumulation_steps,
-                        {k: v / s.gradient_accumulation_steps for k, v in parts.items()}))
+        pending.append(
+            (total / s.gradient_accumulation_steps, {k: v / s.gradient_accumulation_steps for k, v in parts.items()})
+        )
         done = step + 1
         checkpoint_now = bool(s.checkpointing_steps) and done % s.checkpointing_steps == 0 and done < s.max_train_steps
         if done % s.logging_steps == 0 or done == s.max_train_steps or checkpoint_now:
             for k, (loss, named) in enumerate(pending):  # the only host sync: once per log interval
-                history.append({"step": done - len(pending) + k + 1, "loss": loss.item()}
-                               | {name: v.item() for name, v in named.items()})
+                history.append(
+                    {"step": done - len(pending) + k + 1, "loss": loss.item()}
+                    | {name: v.item() for name, v in named.items()}
+                )
             pending.clear()
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if after_step is not None:
@@ -228,10 +264,19 @@ def run_loop(accelerator, output_dir: Path, trained: Sequence[torch.nn.Module], 
 
 # --------------------------------------------------------------------------- a whole run
 
-def fit(accelerator, settings: TrainerSettings, output_dir: Path, trained: Sequence[torch.nn.Module],
-        groups: list[dict], step_loss: StepLoss, desc: str, on_prepared: Callable[[list[torch.nn.Module]], None],
-        before_loop: Callable[[int], None] | None = None,
-        after_step: Callable[[int], None] | None = None) -> dict:
+
+def fit(
+    accelerator,
+    settings: TrainerSettings,
+    output_dir: Path,
+    trained: Sequence[torch.nn.Module],
+    groups: list[dict],
+    step_loss: StepLoss,
+    desc: str,
+    on_prepared: Callable[[list[torch.nn.Module]], None],
+    before_loop: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> dict:
     """The sequence both trainers run: optimizer and learning-rate schedule from the settings,
     ``accelerate.prepare``, resume, the loop, peak memory. Returns the fields of a ``TrainerResult``.
 
@@ -240,8 +285,13 @@ def fit(accelerator, settings: TrainerSettings, output_dir: Path, trained: Seque
     gradients), and a LoRA run installs its adapters-only checkpoint hooks there.
     ``before_loop(start_step)`` runs just before the first step (ControlNet's step-0 validation).
     """
-    optimizer = make_optimizer(groups, settings.learning_rate, settings.use_8bit_adam, settings.allow_adamw_fallback,
-                               weight_decay=settings.adam_weight_decay)
+    optimizer = make_optimizer(
+        groups,
+        settings.learning_rate,
+        settings.use_8bit_adam,
+        settings.allow_adamw_fallback,
+        weight_decay=settings.adam_weight_decay,
+    )
     lr_scheduler = make_lr_scheduler(settings, optimizer, accelerator)
     *models, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
     on_prepared(models)
@@ -255,18 +305,35 @@ def fit(accelerator, settings: TrainerSettings, output_dir: Path, trained: Seque
         before_loop(start_step)
     for model in models:
         model.train()
-    history, seconds = run_loop(accelerator, output_dir, models, optimizer, lr_scheduler, step_loss,
-                                LoopSettings.of(settings, desc), start_step, after_step)
+    history, seconds = run_loop(
+        accelerator,
+        output_dir,
+        models,
+        optimizer,
+        lr_scheduler,
+        step_loss,
+        LoopSettings.of(settings, desc),
+        start_step,
+        after_step,
+    )
     ran = settings.max_train_steps - start_step
-    return dict(output_dir=str(output_dir), steps=settings.max_train_steps, seconds=seconds,
-                steps_per_second=ran / seconds if seconds else 0.0, history=history,
-                optimizer_state_bytes=optimizer_state_bytes(optimizer),
-                trainable_parameters=sum(p.numel() for g in groups for p in g["params"]),
-                peak_memory_bytes=torch.cuda.max_memory_allocated() if cuda else None)
+    return dict(
+        output_dir=str(output_dir),
+        steps=settings.max_train_steps,
+        seconds=seconds,
+        steps_per_second=ran / seconds if seconds else 0.0,
+        history=history,
+        optimizer_state_bytes=optimizer_state_bytes(optimizer),
+        trainable_parameters=sum(p.numel() for g in groups for p in g["params"]),
+        peak_memory_bytes=torch.cuda.max_memory_allocated() if cuda else None,
+    )
 
 
 def write_result(output_dir: Path, result: TrainerResult, settings: TrainerSettings) -> None:
     """``train_result.json``: the result without its loss history (``loss_history.json`` has it), and the settings."""
-    write_text_atomic(output_dir / "train_result.json",
-                      json.dumps({k: v for k, v in asdict(result).items() if k != "history"}
-                                 | {"config": asdict(settings)}, indent=2))
+    write_text_atomic(
+        output_dir / "train_result.json",
+        json.dumps(
+            {k: v for k, v in asdict(result).items() if k != "history"} | {"config": asdict(settings)}, indent=2
+        ),
+    )

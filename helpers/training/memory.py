@@ -61,6 +61,7 @@ def sd15_lora_params_per_rank() -> dict[str, int]:
     have q, k, v, out of 768 x 768."""
     return {"unet": sum(sd15_lora_matrix_sizes(1)), "text_encoder": 12 * 4 * (768 + 768)}
 
+
 # Measured on an NVIDIA H100 80GB HBM3 on 2026-11-25 (torch 2.11.0+cu130, diffusers 0.42.1,
 # bitsandbytes 0.50.2; 512 and 768 px, 2 samples a step); the byte counts are the same on any CUDA GPU
 # up to a few percent of kernel workspaces.
@@ -111,8 +112,9 @@ def _moments(cfg: MemoryConfig) -> tuple[dict[str, dict[str, float]], dict[str, 
     samples = cfg.train_batch_size * (2 if cfg.with_prior_preservation else 1)
     latent_pixels = (cfg.resolution // cfg.vae_factor) ** 2
     mode = "checkpointed" if cfg.gradient_checkpointing else "full"
-    activations = (samples * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL[mode]
-                   + (samples * TEXT_ENCODER_ACTIVATION_BYTES[mode] if cfg.train_text_encoder else 0))
+    activations = samples * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL[mode] + (
+        samples * TEXT_ENCODER_ACTIVATION_BYTES[mode] if cfg.train_text_encoder else 0
+    )
     activations *= 1.0 if half else FP32_ACTIVATION_SCALE
     gradients = trainable * 4
     step_temporaries = 0 if cfg.use_8bit_adam else trainable * 4
@@ -124,8 +126,12 @@ def _moments(cfg: MemoryConfig) -> tuple[dict[str, dict[str, float]], dict[str, 
     if cfg.gradient_checkpointing:  # little is saved in the forward; the recomputed block meets all gradients
         moments["end of forward"] = {}
         moments["end of backward"]["activations"] = activations
-    always = {"weights (trainable, fp32)": trainable * 4, "optimizer state": adam_state_bytes(trainable, cfg.use_8bit_adam),
-              "frozen parts": frozen * (2 if half else 4), "workspace": WORKSPACE_BYTES}
+    always = {
+        "weights (trainable, fp32)": trainable * 4,
+        "optimizer state": adam_state_bytes(trainable, cfg.use_8bit_adam),
+        "frozen parts": frozen * (2 if half else 4),
+        "workspace": WORKSPACE_BYTES,
+    }
     return moments, always
 
 

@@ -17,9 +17,15 @@ import torch
 from helpers.core.errors import UsageError
 
 
-def make_optimizer(param_groups: Iterable, lr: float, use_8bit_adam: bool = False, allow_fallback: bool = False,
-                   betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 1e-2,
-                   eps: float = 1e-8) -> torch.optim.Optimizer:
+def make_optimizer(
+    param_groups: Iterable,
+    lr: float,
+    use_8bit_adam: bool = False,
+    allow_fallback: bool = False,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 1e-2,
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
     """AdamW, 8-bit (bitsandbytes) if asked; a bitsandbytes that cannot load is an error unless
     ``allow_fallback`` says to train with 32-bit torch AdamW instead."""
     kwargs = dict(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
@@ -32,11 +38,14 @@ def make_optimizer(param_groups: Iterable, lr: float, use_8bit_adam: bool = Fals
     except Exception as err:  # ImportError, or a native library that fails to load
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         if not allow_fallback:
-            raise UsageError(f"--use_8bit_adam needs bitsandbytes>=0.50, which could not load ({reason}); "
-                             "fix: pip install 'bitsandbytes>=0.50', or add --allow_adamw_fallback to train "
-                             "with 32-bit torch AdamW instead") from None
-        warnings.warn(f"bitsandbytes could not load ({reason}); training with 32-bit torch AdamW as asked",
-                      stacklevel=2)
+            raise UsageError(
+                f"--use_8bit_adam needs bitsandbytes>=0.50, which could not load ({reason}); "
+                "fix: pip install 'bitsandbytes>=0.50', or add --allow_adamw_fallback to train "
+                "with 32-bit torch AdamW instead"
+            ) from None
+        warnings.warn(
+            f"bitsandbytes could not load ({reason}); training with 32-bit torch AdamW as asked", stacklevel=2
+        )
         return torch.optim.AdamW(param_groups, **kwargs)
 
 

@@ -27,8 +27,9 @@ class TrainerSettings:
     output_dir: str = field(metadata={"help": "where checkpoints, the loss history and the trained model go"})
     pretrained_model_name_or_path: str = flag("toy", "toy, a local pipeline folder, or a hub id")
     revision: str | None = flag(None, "the hub revision (branch, tag or commit) of the model")
-    variant: str | None = flag(None, "load the weights of this variant, e.g. fp16 for *.fp16.safetensors "
-                                     "(trained parts are float32 anyway)")
+    variant: str | None = flag(
+        None, "load the weights of this variant, e.g. fp16 for *.fp16.safetensors (trained parts are float32 anyway)"
+    )
     resolution: int | None = flag(None, "image size in pixels (default: the model's own)")
     train_batch_size: int = 1
     learning_rate: float = 5e-6
@@ -52,7 +53,9 @@ class TrainerSettings:
     def check(self) -> None:
         """The checks every trainer's settings need; each failure is one line that says what to change."""
         if self.max_train_steps < 1 or self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise UsageError("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be at least 1")
+            raise UsageError(
+                "--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be at least 1"
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UsageError(f"--mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():

@@ -41,4 +41,29 @@ from helpers.upscaler.training import (
     world_images,
 )
 
-__all__ = ["LOW", "HIGH", "RESIDUAL_SCALE", "to_tensor", "to_images", "downsample", "condition", "check_sizes", "ToyUpscalePipeline", "build_upscaler", "load_upscaler", "MAX_BLUR", "MAX_NOISE", "world_images", "degrade", "loss_on", "FitResult", "fit", "FinetuneConfig", "finetune", "psnr", "bicubic", "subject_views_with_boxes", "score"]
+__all__ = [
+    "LOW",
+    "HIGH",
+    "RESIDUAL_SCALE",
+    "to_tensor",
+    "to_images",
+    "downsample",
+    "condition",
+    "check_sizes",
+    "ToyUpscalePipeline",
+    "build_upscaler",
+    "load_upscaler",
+    "MAX_BLUR",
+    "MAX_NOISE",
+    "world_images",
+    "degrade",
+    "loss_on",
+    "FitResult",
+    "fit",
+    "FinetuneConfig",
+    "finetune",
+    "psnr",
+    "bicubic",
+    "subject_views_with_boxes",
+    "score",
+]

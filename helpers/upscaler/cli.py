@@ -46,8 +46,11 @@ def save(pipe: ToyUpscalePipeline, output: str | Path, stages: list[dict]) -> Pa
 
 
 def _model_card(stages: list[dict]) -> str:
-    rows = "\n".join(f"| {s['stage']} | `{s['command']}` | {s['steps']} | {s['batch_size']} | {s['seed']} | "
-                     f"{s['seconds']} s | {s['final_loss']:.4f} |" for s in stages)
+    rows = "\n".join(
+        f"| {s['stage']} | `{s['command']}` | {s['steps']} | {s['batch_size']} | {s['seed']} | "
+        f"{s['seconds']} s | {s['final_loss']:.4f} |"
+        for s in stages
+    )
     return f"""---
 library_name: diffusers
 tags: [super-resolution, toy, education]
@@ -91,8 +94,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     fine.add_argument("--max_train_steps", type=int, default=150)
     fine.add_argument("--learning_rate", type=float, default=1e-3)
     fine.add_argument("--train_batch_size", type=int, default=4)
-    fine.add_argument("--augment", type=float, default=0.25,
-                      help="conditioning augmentation, as a fraction of pretraining's (the paper keeps it low)")
+    fine.add_argument(
+        "--augment",
+        type=float,
+        default=0.25,
+        help="conditioning augmentation, as a fraction of pretraining's (the paper keeps it low)",
+    )
     fine.add_argument("--checkpointing_steps", type=int, default=50)
     fine.add_argument("--checkpoints_total_limit", type=int, default=1)
     fine.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N folder or 'latest'")
@@ -123,18 +130,38 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "pretrain":
         torch.manual_seed(args.seed)
         pipe, stages = build_upscaler(), []
-        result = fit(pipe, args.max_train_steps, args.learning_rate, args.train_batch_size, seed=args.seed,
-                     world_seed=1_000_000 * (args.seed + 1))
+        result = fit(
+            pipe,
+            args.max_train_steps,
+            args.learning_rate,
+            args.train_batch_size,
+            seed=args.seed,
+            world_seed=1_000_000 * (args.seed + 1),
+        )
     else:
         pipe, stages = load_upscaler(args.model), _stages_of(args.model)
-        config = FinetuneConfig(output_dir=str(args.output_dir), max_train_steps=args.max_train_steps,
-                                learning_rate=args.learning_rate, train_batch_size=args.train_batch_size,
-                                augment=args.augment, checkpointing_steps=args.checkpointing_steps,
-                                checkpoints_total_limit=args.checkpoints_total_limit,
-                                resume_from_checkpoint=args.resume_from_checkpoint, seed=args.seed)
+        config = FinetuneConfig(
+            output_dir=str(args.output_dir),
+            max_train_steps=args.max_train_steps,
+            learning_rate=args.learning_rate,
+            train_batch_size=args.train_batch_size,
+            augment=args.augment,
+            checkpointing_steps=args.checkpointing_steps,
+            checkpoints_total_limit=args.checkpoints_total_limit,
+            resume_from_checkpoint=args.resume_from_checkpoint,
+            seed=args.seed,
+        )
         result = finetune(pipe, load_image_folder(args.instance_data_dir), config)
-    stages.append({"stage": args.command, "command": command, "steps": args.max_train_steps,
-                   "batch_size": args.train_batch_size, "seed": args.seed, "seconds": round(result.seconds, 1),
-                   "final_loss": float(np.mean(result.losses[-50:]))})
+    stages.append(
+        {
+            "stage": args.command,
+            "command": command,
+            "steps": args.max_train_steps,
+            "batch_size": args.train_batch_size,
+            "seed": args.seed,
+            "seconds": round(result.seconds, 1),
+            "final_loss": float(np.mean(result.losses[-50:])),
+        }
+    )
     out = save(pipe, args.output if args.command == "pretrain" else args.output_dir, stages)
     print(json.dumps(stages[-1] | {"output": str(out)}))

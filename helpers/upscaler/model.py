@@ -47,9 +47,11 @@ def check_sizes(images: list[Image.Image]) -> None:
     """One line that names the wrong sizes, before any work is done on them."""
     wrong = sorted({i.size for i in images if i.size != (LOW, LOW)})
     if wrong:
-        raise UsageError(f"the upscaler takes {LOW}x{LOW} images and makes {HIGH}x{HIGH}; got "
-                         f"{', '.join(f'{w}x{h}' for w, h in wrong)}: resize to {LOW}x{LOW} first "
-                         f"(image.resize(({LOW}, {LOW})))")
+        raise UsageError(
+            f"the upscaler takes {LOW}x{LOW} images and makes {HIGH}x{HIGH}; got "
+            f"{', '.join(f'{w}x{h}' for w, h in wrong)}: resize to {LOW}x{LOW} first "
+            f"(image.resize(({LOW}, {LOW})))"
+        )
 
 
 class ToyUpscalePipeline(DiffusionPipeline):
@@ -60,8 +62,9 @@ class ToyUpscalePipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
 
     @torch.no_grad()
-    def __call__(self, images: list[Image.Image], num_inference_steps: int = 10, seed: int = 0,
-                 progress: bool = False) -> list[Image.Image]:
+    def __call__(
+        self, images: list[Image.Image], num_inference_steps: int = 10, seed: int = 0, progress: bool = False
+    ) -> list[Image.Image]:
         check_sizes(images)
         cond = condition(to_tensor(images)).to(self.device)
         sampler = DDIMScheduler.from_config(self.scheduler.config)
@@ -76,11 +79,20 @@ class ToyUpscalePipeline(DiffusionPipeline):
 
 def build_upscaler(channels: tuple[int, ...] = (16, 32, 64)) -> ToyUpscalePipeline:
     """A fresh, randomly initialised upscaler: no attention (the detail is local), v-prediction."""
-    unet = UNet2DModel(sample_size=HIGH, in_channels=6, out_channels=3, layers_per_block=1,
-                       block_out_channels=channels, down_block_types=("DownBlock2D",) * len(channels),
-                       up_block_types=("UpBlock2D",) * len(channels), add_attention=False, norm_num_groups=8)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                              prediction_type="v_prediction", clip_sample=False)
+    unet = UNet2DModel(
+        sample_size=HIGH,
+        in_channels=6,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=channels,
+        down_block_types=("DownBlock2D",) * len(channels),
+        up_block_types=("UpBlock2D",) * len(channels),
+        add_attention=False,
+        norm_num_groups=8,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False
+    )
     return ToyUpscalePipeline(unet, scheduler)
 
 
@@ -88,6 +100,8 @@ def load_upscaler(path: str | Path) -> ToyUpscalePipeline:
     """A saved upscaler, or one line saying the folder holds none."""
     path = Path(path).expanduser()
     if not (path / "model_index.json").exists():
-        raise UsageError(f"no upscaler in {str(path)!r}: pass the folder that `python -m helpers.upscaler "
-                         f"pretrain` or `finetune` wrote (data/toy-upscaler is the course's)")
+        raise UsageError(
+            f"no upscaler in {str(path)!r}: pass the folder that `python -m helpers.upscaler "
+            f"pretrain` or `finetune` wrote (data/toy-upscaler is the course's)"
+        )
     return ToyUpscalePipeline.from_pretrained(path)

@@ -29,15 +29,24 @@ def world_images(seed: int, count: int, emblem_prob: float = 0.8) -> list[Image.
     for s in range(seed, seed + count):
         rng = random.Random(s)
         sample = toyworld.random_sample(s)
-        objects = tuple(dataclasses.replace(p, instance=dataclasses.replace(
-            p.instance, emblem=rng.choice(toyworld.EMBLEMS) if rng.random() < emblem_prob else "",
-            emblem_colour=rng.choice(toyworld.COLOUR_NAMES))) for p in sample.scene.objects)
+        objects = tuple(
+            dataclasses.replace(
+                p,
+                instance=dataclasses.replace(
+                    p.instance,
+                    emblem=rng.choice(toyworld.EMBLEMS) if rng.random() < emblem_prob else "",
+                    emblem_colour=rng.choice(toyworld.COLOUR_NAMES),
+                ),
+            )
+            for p in sample.scene.objects
+        )
         out.append(toyworld.render(dataclasses.replace(sample.scene, objects=objects), HIGH, s, detail=True))
     return out
 
 
-def degrade(low: torch.Tensor, gen: torch.Generator, max_blur: float = MAX_BLUR,
-            max_noise: float = MAX_NOISE) -> torch.Tensor:
+def degrade(
+    low: torch.Tensor, gen: torch.Generator, max_blur: float = MAX_BLUR, max_noise: float = MAX_NOISE
+) -> torch.Tensor:
     """Conditioning augmentation (Ho et al.'s cascaded diffusion): blur and noise the low-resolution
     input by a random amount per image, so that the upscaler also sharpens the softer images a base
     model draws, not only cleanly shrunk photos."""
@@ -49,7 +58,7 @@ def degrade(low: torch.Tensor, gen: torch.Generator, max_blur: float = MAX_BLUR,
         if sigma < 0.1:
             out.append(img)
             continue
-        k = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+        k = torch.exp(-(taps**2) / (2 * sigma**2))
         k = (k / k.sum()).to(low.dtype)
         x = F.pad(img[:, None], (2, 2, 2, 2), mode="replicate")
         x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, 5)), k.view(1, 1, 5, 1))
@@ -58,7 +67,9 @@ def degrade(low: torch.Tensor, gen: torch.Generator, max_blur: float = MAX_BLUR,
     return (torch.stack(out) + noise).clamp(-1, 1)
 
 
-def _crops(high: torch.Tensor, cond: torch.Tensor, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _crops(
+    high: torch.Tensor, cond: torch.Tensor, size: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random crop (and horizontal flip) of each target and its condition."""
     n = len(high)
     ys = torch.randint(0, HIGH - size + 1, (n,), generator=gen)
@@ -66,8 +77,8 @@ def _crops(high: torch.Tensor, cond: torch.Tensor, size: int, gen: torch.Generat
     flip = torch.rand(n, generator=gen) < 0.5
     hs, cs = [], []
     for i in range(n):
-        h = high[i, :, ys[i]:ys[i] + size, xs[i]:xs[i] + size]
-        c = cond[i, :, ys[i]:ys[i] + size, xs[i]:xs[i] + size]
+        h = high[i, :, ys[i] : ys[i] + size, xs[i] : xs[i] + size]
+        c = cond[i, :, ys[i] : ys[i] + size, xs[i] : xs[i] + size]
         hs.append(h.flip(-1) if flip[i] else h)
         cs.append(c.flip(-1) if flip[i] else c)
     return torch.stack(hs), torch.stack(cs)
@@ -98,14 +109,24 @@ def _optimizer(unet: UNet2DModel, learning_rate: float, steps: int):
     opt = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
     warmup = max(1, steps // 20)
     return opt, torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
+    )
 
 
-def fit(pipe: ToyUpscalePipeline, steps: int, learning_rate: float, batch_size: int = 8, crop: int = 64,
-        seed: int = 0, world_seed: int = 0, progress: bool = True) -> FitResult:
+def fit(
+    pipe: ToyUpscalePipeline,
+    steps: int,
+    learning_rate: float,
+    batch_size: int = 8,
+    crop: int = 64,
+    seed: int = 0,
+    world_seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
     """Pretrain the upscaler on fresh toy scenes: every step renders new ones (from ``world_seed``),
-    so the model never sees a scene twice; crops and augmentation draw from ``seed``. Random crops keep steps cheap; the UNet is convolutional,
-    so it upscales whole images after. Low-resolution inputs are `degrade`d by a random amount.
+    so the model never sees a scene twice; crops and augmentation draw from ``seed``. Random crops
+    keep steps cheap; the UNet is convolutional, so it upscales whole images after. Low-resolution
+    inputs are `degrade`d by a random amount.
 
     A plain loop, not the trainers' shared one: it runs once, to make the committed model, whose
     card records the command; the fine-tune a learner runs is `finetune`."""
@@ -156,8 +177,10 @@ def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: Finetu
     pretraining's, so that the upscaler keeps the photos' own fine detail."""
     wrong = sorted({i.size for i in images if i.size != (HIGH, HIGH)})
     if wrong:
-        raise UsageError(f"upscaler training photos must be {HIGH}x{HIGH} (the output size); got "
-                         f"{', '.join(f'{w}x{h}' for w, h in wrong)}")
+        raise UsageError(
+            f"upscaler training photos must be {HIGH}x{HIGH} (the output size); got "
+            f"{', '.join(f'{w}x{h}' for w, h in wrong)}"
+        )
     high_all, low_all = to_tensor(images), to_tensor(downsample(images))
     output_dir = Path(config.output_dir)
     acc = make_accelerator(output_dir, 1, "no")
@@ -173,9 +196,14 @@ def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: Finetu
         return loss_on(pipe, high, cond, gen), {}
 
     unet.train()
-    settings = LoopSettings(config.max_train_steps, checkpointing_steps=config.checkpointing_steps,
-                            checkpoints_total_limit=config.checkpoints_total_limit, logging_steps=25,
-                            progress=config.progress, desc="upscaler")
+    settings = LoopSettings(
+        config.max_train_steps,
+        checkpointing_steps=config.checkpointing_steps,
+        checkpoints_total_limit=config.checkpoints_total_limit,
+        logging_steps=25,
+        progress=config.progress,
+        desc="upscaler",
+    )
     history, seconds = run_loop(acc, output_dir, [unet], opt, sched, step_loss, settings, start_step)
     unet.eval()
     finish(acc)

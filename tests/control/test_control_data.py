@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from helpers.control import dataset as control_data, planner
-from helpers.toy import relations
+from helpers.control import dataset as control_data
+from helpers.control import planner
 from helpers.core.errors import UsageError
+from helpers.toy import relations
 
 
 def test_rows_come_from_training_pairs_only_and_say_what_they_show():
@@ -31,7 +32,11 @@ def test_written_folder_reads_back_identically(tmp_path):
         assert np.array_equal(np.asarray(row.conditioning_image), np.asarray(fresh.conditioning_image))
     assert not (tmp_path / ".data.build").exists()
     described = json.loads((out / control_data.DESCRIPTION).read_text())
-    assert described == {"count": 3, "seed": 10, "command": f"python -m helpers.control_data --output {out} --count 3 --seed 10"}
+    assert described == {
+        "count": 3,
+        "seed": 10,
+        "command": f"python -m helpers.control_data --output {out} --count 3 --seed 10",
+    }
 
 
 def test_columns_can_be_renamed_and_a_missing_one_is_named(tmp_path):
@@ -41,7 +46,9 @@ def test_columns_can_be_renamed_and_a_missing_one_is_named(tmp_path):
     (out / "train.jsonl").write_text("\n".join(json.dumps(e) for e in renamed))
     entries = control_data.read_index(out, "target", "source", "prompt")
     assert [e.text for e in entries] == [e["text"] for e in lines] and entries[0].image == out / lines[0]["image"]
-    with pytest.raises(UsageError, match="not a row with the columns image, conditioning_image, text .* --image_column"):
+    with pytest.raises(
+        UsageError, match="not a row with the columns image, conditioning_image, text .* --image_column"
+    ):
         control_data.read_index(out)
 
 

@@ -5,20 +5,30 @@ import json
 import numpy as np
 import pytest
 
-from helpers.control import controlgpt, dataset as control_data, planner, tikz
-from helpers.toy import relations
-from helpers.core.errors import UsageError
+from helpers.control import controlgpt, planner, tikz
+from helpers.control import dataset as control_data
 from helpers.control.controlnet import held_out_samples, true_layout
-from helpers.control.trainer import ControlNetConfig, train_controlnet
 from helpers.control.planner import RuleBasedPlanner
+from helpers.control.trainer import ControlNetConfig, train_controlnet
+from helpers.core.errors import UsageError
+from helpers.toy import relations
 
 
 @pytest.fixture(scope="module")
 def tiny_controlnet(tmp_path_factory):
     root = tmp_path_factory.mktemp("cgpt")
     data = control_data.write_dataset(root / "data", count=8, progress=False)
-    train_controlnet(ControlNetConfig(train_data_dir=str(data), output_dir=str(root / "cn"), max_train_steps=2,
-                                      train_batch_size=2, progress=False, checkpointing_steps=0, validation_steps=0))
+    train_controlnet(
+        ControlNetConfig(
+            train_data_dir=str(data),
+            output_dir=str(root / "cn"),
+            max_train_steps=2,
+            train_batch_size=2,
+            progress=False,
+            checkpointing_steps=0,
+            validation_steps=0,
+        )
+    )
     return root / "cn"
 
 
@@ -74,4 +84,5 @@ def test_bad_input_is_one_line(tmp_path, run_tool, monkeypatch):
     done = run_tool("controlgpt", "evaluate", "--controlnet", str(tmp_path))
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         f"error: no ControlNet in {str(tmp_path)!r} (no config.json): train one with "
-        "`python -m helpers.controlnet --train_data_dir DIR --output_dir DIR`"]
+        "`python -m helpers.controlnet --train_data_dir DIR --output_dir DIR`"
+    ]

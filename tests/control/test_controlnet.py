@@ -10,8 +10,8 @@ from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
 
 from helpers.control import controlnet as cn
 from helpers.control import tikz
-from helpers.core.errors import UsageError
 from helpers.control.planner import RuleBasedPlanner
+from helpers.core.errors import UsageError
 from helpers.diffusion.profiles import TOY_CONTROLNET
 
 
@@ -28,15 +28,17 @@ def test_untrained_controlnet_leaves_the_base_model_unchanged(toy_pipe):
     sketch = tikz.render(RuleBasedPlanner()("a red dog to the left of a blue cup"), size=64)
     cond = torch.from_numpy(np.asarray(sketch, dtype=np.float32) / 255).permute(2, 0, 1)[None]
     latents = torch.randn(1, toy_pipe.unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0))
-    text = toy_pipe.text_encoder(toy_pipe.tokenizer(["a photo of a dog"], padding="max_length",
-                                                    return_tensors="pt").input_ids)[0]
+    text = toy_pipe.text_encoder(
+        toy_pipe.tokenizer(["a photo of a dog"], padding="max_length", return_tensors="pt").input_ids
+    )[0]
     with torch.no_grad():
         down, mid = net(latents, 500, text, controlnet_cond=cond, return_dict=False)
         assert [tuple(d.shape[-2:]) for d in down][0] == (16, 16) and all(not d.any() for d in down)
         assert not mid.any()
         plain = toy_pipe.unet(latents, 500, text).sample
-        guided = toy_pipe.unet(latents, 500, text, down_block_additional_residuals=down,
-                               mid_block_additional_residual=mid).sample
+        guided = toy_pipe.unet(
+            latents, 500, text, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        ).sample
     assert torch.equal(plain, guided)
     pipe = StableDiffusionControlNetPipeline(**toy_pipe.components, controlnet=net)
     kw = dict(num_inference_steps=5, guidance_scale=4.0, output_type="np")
@@ -61,9 +63,12 @@ def test_the_condition_embedding_follows_the_vaes_downsampling(toy_pipe, sd_fold
 
 
 def test_a_controlnet_made_for_another_base_is_refused_in_one_line(sd_folders):
-    with pytest.raises(UsageError, match=r"the ControlNet in .*toy-controlnet was trained for a base with .*"
-                                         r"cross_attention_dim 96.*vae_scale_factor 4, but .*sd-fp32 has .*"
-                                         r"cross_attention_dim 32.*vae_scale_factor 8: train a new one") as err:
+    with pytest.raises(
+        UsageError,
+        match=r"the ControlNet in .*toy-controlnet was trained for a base with .*"
+        r"cross_attention_dim 96.*vae_scale_factor 4, but .*sd-fp32 has .*"
+        r"cross_attention_dim 32.*vae_scale_factor 8: train a new one",
+    ) as err:
         cn.load_controlnet_pipeline(TOY_CONTROLNET, model=str(sd_folders.fp32))
     assert "\n" not in str(err.value)
 

@@ -11,19 +11,34 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from helpers.control import dataset as control_data
+from helpers.control.controlnet import (
+    build_controlnet,
+    controlnet_pipeline,
+    draw,
+    load_controlnet,
+    load_controlnet_pipeline,
+    sudden_convergence,
+    zero_convolutions,
+)
+from helpers.control.trainer import ControlNetConfig, ControlNetTrainer, command_line, train_controlnet
 from helpers.core.cli import dataclass_parser
 from helpers.core.errors import UsageError
-from helpers.control.controlnet import (build_controlnet, controlnet_pipeline, draw, load_controlnet, load_controlnet_pipeline,
-                               sudden_convergence, zero_convolutions)
-from helpers.control.trainer import ControlNetConfig, ControlNetTrainer, command_line, train_controlnet
 from helpers.diffusion.profiles import TOY_CONTROLNET, load_pipeline
 from helpers.training.loop import checkpoints
 
 SD_EMBEDDING = [16, 32, 96, 256]  # the condition embedding for an 8x VAE, as SD 1.5's ControlNets have
 # The memory savings of notebook 09's SD 1.5 command (bf16 for its fp16: a CPU has no fp16 training) and the
 # unlocked decoder, on the fp16 copy of the SD-shaped model.
-SD_RUN = dict(mixed_precision="bf16", gradient_checkpointing=True, use_8bit_adam=True, unlock_unet_decoder=True,
-              max_train_steps=4, train_batch_size=2, checkpointing_steps=2, lr_scheduler="cosine")
+SD_RUN = dict(
+    mixed_precision="bf16",
+    gradient_checkpointing=True,
+    use_8bit_adam=True,
+    unlock_unet_decoder=True,
+    max_train_steps=4,
+    train_batch_size=2,
+    checkpointing_steps=2,
+    lr_scheduler="cosine",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +47,16 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, out, **kw) -> ControlNetConfig:
-    base = dict(train_data_dir=str(data_dir), output_dir=str(out), max_train_steps=4, train_batch_size=4,
-                learning_rate=1e-3, progress=False, checkpointing_steps=0, validation_steps=0)
+    base = dict(
+        train_data_dir=str(data_dir),
+        output_dir=str(out),
+        max_train_steps=4,
+        train_batch_size=4,
+        learning_rate=1e-3,
+        progress=False,
+        checkpointing_steps=0,
+        validation_steps=0,
+    )
     return ControlNetConfig(**{**base, **kw})
 
 
@@ -51,8 +74,9 @@ def sd_run(data_dir, sd_folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("sd-controlnet") / "full"
     trainer = ControlNetTrainer(_sd_config(data_dir, out, sd_folders))
     dtypes = {name: getattr(trainer, name).dtype for name in ("vae", "text_encoder", "unet", "controlnet")}
-    return SimpleNamespace(out=out, dtypes=dtypes, result=trainer.train(), resolution=trainer.resolution,
-                           latents=trainer.latents)
+    return SimpleNamespace(
+        out=out, dtypes=dtypes, result=trainer.train(), resolution=trainer.resolution, latents=trainer.latents
+    )
 
 
 def test_only_the_controlnet_learns_and_it_saves_as_a_controlnet(data_dir, tmp_path, toy_pipe):
@@ -134,8 +158,18 @@ def test_bad_settings_get_one_clear_line(data_dir, tmp_path):
 
 
 def test_command_line(data_dir, tmp_path, run_tool):
-    done = run_tool("controlnet", "--train_data_dir", str(data_dir), "--output_dir", str(tmp_path / "cn"),
-                    "--max_train_steps", "2", "--train_batch_size", "2", "--no_progress")
+    done = run_tool(
+        "controlnet",
+        "--train_data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(tmp_path / "cn"),
+        "--max_train_steps",
+        "2",
+        "--train_batch_size",
+        "2",
+        "--no_progress",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["steps"] == 2
     assert (tmp_path / "cn" / "config.json").exists()
@@ -155,7 +189,9 @@ def test_unlocked_decoder_trains_only_the_decoder_and_is_loaded_back(data_dir, t
 
 
 def test_sudden_convergence_names_the_largest_rise():
-    curve = [{"step": s, "relation_accuracy": a} for s, a in ((0, 0.0), (100, 0.05), (200, 0.1), (300, 0.6), (400, 0.65))]
+    curve = [
+        {"step": s, "relation_accuracy": a} for s, a in ((0, 0.0), (100, 0.05), (200, 0.1), (300, 0.6), (400, 0.65))
+    ]
     assert sudden_convergence(curve) == {"step": 300, "from_step": 200, "before": 0.1, "after": 0.6, "rise": 0.5}
     with pytest.raises(ValueError, match="at least two"):
         sudden_convergence(curve[:1])
@@ -173,8 +209,15 @@ def test_the_model_card_gives_the_commands_that_reproduce_the_folder(data_dir, t
 
 
 def test_an_sd_shaped_model_trains_at_its_native_resolution(data_dir, tmp_path, sd_folders):
-    trainer = ControlNetTrainer(_config(data_dir, tmp_path, max_train_steps=2, train_batch_size=2,
-                                        pretrained_model_name_or_path=str(sd_folders.fp32)))
+    trainer = ControlNetTrainer(
+        _config(
+            data_dir,
+            tmp_path,
+            max_train_steps=2,
+            train_batch_size=2,
+            pretrained_model_name_or_path=str(sd_folders.fp32),
+        )
+    )
     result = trainer.train()
     assert trainer.resolution == 64 and trainer.latents.shape[-2:] == (8, 8)  # an 8x VAE, where the toy's is 4x
     assert [h["step"] for h in result.history] == [1, 2]
@@ -183,24 +226,45 @@ def test_an_sd_shaped_model_trains_at_its_native_resolution(data_dir, tmp_path, 
 
 def test_a_controlnet_for_another_base_stops_before_writing_anything(data_dir, tmp_path, sd_folders, run_tool):
     out = tmp_path / "out"
-    with pytest.raises(UsageError, match=r"the ControlNet in .*toy-controlnet was trained for a base with .*"
-                                         r"cross_attention_dim 96.*, but .*sd-fp32 has .*cross_attention_dim 32.*"
-                                         r"train a new one for this base, or pass the base it was made for"):
-        ControlNetTrainer(_config(data_dir, out, pretrained_model_name_or_path=str(sd_folders.fp32),
-                                  controlnet_model_name_or_path=str(TOY_CONTROLNET)))
+    with pytest.raises(
+        UsageError,
+        match=r"the ControlNet in .*toy-controlnet was trained for a base with .*"
+        r"cross_attention_dim 96.*, but .*sd-fp32 has .*cross_attention_dim 32.*"
+        r"train a new one for this base, or pass the base it was made for",
+    ):
+        ControlNetTrainer(
+            _config(
+                data_dir,
+                out,
+                pretrained_model_name_or_path=str(sd_folders.fp32),
+                controlnet_model_name_or_path=str(TOY_CONTROLNET),
+            )
+        )
     assert not out.exists()
     unet = UNet2DConditionModel.from_pretrained(sd_folders.fp32, subfolder="unet")
     build_controlnet(unet, 8).save_pretrained(tmp_path / "sd-controlnet")
-    bad = run_tool("controlnet", "--train_data_dir", str(data_dir), "--output_dir", str(out),
-                   "--controlnet_model_name_or_path", str(tmp_path / "sd-controlnet"), "--no_progress")
+    bad = run_tool(
+        "controlnet",
+        "--train_data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(out),
+        "--controlnet_model_name_or_path",
+        str(tmp_path / "sd-controlnet"),
+        "--no_progress",
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
     assert "vae_scale_factor 8, but toy has" in bad.stderr and "vae_scale_factor 4" in bad.stderr
     assert not out.exists()
 
 
 def test_an_sd_shaped_run_in_bf16_with_every_memory_saving_keeps_float32_weights(sd_run):
-    assert sd_run.dtypes == {"vae": torch.bfloat16, "text_encoder": torch.bfloat16, "unet": torch.float32,
-                             "controlnet": torch.float32}  # frozen parts in half precision, trained ones float32
+    assert sd_run.dtypes == {
+        "vae": torch.bfloat16,
+        "text_encoder": torch.bfloat16,
+        "unet": torch.float32,
+        "controlnet": torch.float32,
+    }  # frozen parts in half precision, trained ones float32
     assert sd_run.resolution == 64 and sd_run.latents.shape[-2:] == (8, 8)
     assert [h["step"] for h in sd_run.result.history] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in sd_run.result.history)
@@ -213,8 +277,9 @@ def test_an_sd_shaped_run_in_bf16_with_every_memory_saving_keeps_float32_weights
     assert [p.name for p in checkpoints(sd_run.out)] == ["checkpoint-2"]  # the last step is the saved model
 
 
-def test_an_sd_shaped_run_resumed_after_a_kill_ends_with_the_same_weights(sd_run, data_dir, tmp_path, sd_folders,
-                                                                          killed_run):
+def test_an_sd_shaped_run_resumed_after_a_kill_ends_with_the_same_weights(
+    sd_run, data_dir, tmp_path, sd_folders, killed_run
+):
     out = tmp_path / "killed"
     killed_run(ControlNetTrainer, lambda: train_controlnet(_sd_config(data_dir, out, sd_folders)), step=3)
     assert [p.name for p in checkpoints(out)] == ["checkpoint-2"]
@@ -246,14 +311,23 @@ def test_the_notebooks_sd15_command_runs_on_an_sd_shaped_model(data_dir, tmp_pat
     """Notebook 09's GPU command, word for word but for the model, the folders and the sizes (and bf16: a
     CPU has no fp16 training)."""
     words = real_branch.controlnet_command()
-    shrunk = {"pretrained_model_name_or_path": str(sd_folders.fp32), "train_data_dir": str(data_dir),
-              "output_dir": str(tmp_path / "cn"), "max_train_steps": "2", "resolution": "64",
-              "mixed_precision": "bf16", "train_batch_size": "1"}
+    shrunk = {
+        "pretrained_model_name_or_path": str(sd_folders.fp32),
+        "train_data_dir": str(data_dir),
+        "output_dir": str(tmp_path / "cn"),
+        "max_train_steps": "2",
+        "resolution": "64",
+        "mixed_precision": "bf16",
+        "train_batch_size": "1",
+    }
     done = run_tool("controlnet", *real_branch.replace_flags(words, shrunk), "--no_progress")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["steps"] == 2
     parse = dataclass_parser(ControlNetConfig, "python -m helpers.controlnet", "").parse_args
-    shown, ran = vars(parse(real_branch.controlnet_command())), json.loads((tmp_path / "cn" / "train_result.json").read_text())
+    shown, ran = (
+        vars(parse(real_branch.controlnet_command())),
+        json.loads((tmp_path / "cn" / "train_result.json").read_text()),
+    )
     assert shown["mixed_precision"] == "fp16" and shown["resolution"] == 512 and shown["use_8bit_adam"]
     kept = set(shown) - set(shrunk) - {"progress"}
     assert {k: ran["config"][k] for k in kept} == {k: shown[k] for k in kept}  # every other flag as the notebook has it

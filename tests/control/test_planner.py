@@ -11,9 +11,15 @@ from helpers.control import planner, tikz
 from helpers.core.errors import UsageError
 
 
-@pytest.mark.parametrize("prompt, relation", [
-    ("a red dog to the left of a blue cup", "left"), ("a red dog to the right of a blue cup", "right"),
-    ("A red dog above a blue cup", "above"), ("a red dog below a blue cup", "below")])
+@pytest.mark.parametrize(
+    "prompt, relation",
+    [
+        ("a red dog to the left of a blue cup", "left"),
+        ("a red dog to the right of a blue cup", "right"),
+        ("A red dog above a blue cup", "above"),
+        ("a red dog below a blue cup", "below"),
+    ],
+)
 def test_rule_based_layout_follows_the_relation(prompt, relation):
     first, rel, second = planner.parse_relation_prompt(prompt)
     assert (first, rel, second) == (planner.Thing("dog", "red"), relation, planner.Thing("cup", "blue"))
@@ -43,8 +49,11 @@ def test_plan_feeds_the_readers_error_back_and_gives_up_with_the_last_one():
 
     def flaky(prompt, feedback=None):
         seen.append(feedback)
-        return "\\begin{tikzpicture}\n\\circle;\n\\end{tikzpicture}" if len(seen) == 1 else \
-            planner.RuleBasedPlanner()(prompt)
+        return (
+            "\\begin{tikzpicture}\n\\circle;\n\\end{tikzpicture}"
+            if len(seen) == 1
+            else planner.RuleBasedPlanner()(prompt)
+        )
 
     result = planner.plan(flaky, "a dog above a car")
     assert result.attempts == 2 and seen[0] is None and seen[1] == result.errors[0]

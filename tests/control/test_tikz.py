@@ -18,16 +18,21 @@ def _px(img, x, y):
 
 def test_filled_rectangle_covers_its_corners_in_canvas_coordinates():
     img = tikz.render(_wrap("\\draw[fill=red] (0,0) rectangle (5,5);"), size=64)
-    assert _px(img, 16, 48) == tikz.COLOURS["red"]        # lower left: y grows upward
+    assert _px(img, 16, 48) == tikz.COLOURS["red"]  # lower left: y grows upward
     assert _px(img, 48, 16) == (255, 255, 255)
     assert _px(img, 48, 48) == (255, 255, 255)
 
 
 def test_circle_ellipse_line_and_cycle():
-    img = tikz.render(_wrap("\\fill[blue] (5,5) circle (2);",
-                            "\\draw[green, very thick] (0,9) -- (10,9);",
-                            "\\filldraw[fill=yellow, draw=black] (1,1) -- (3,1) -- (2,3) -- cycle;",
-                            "\\draw[fill=pink] (8,2) ellipse (1.5 and 0.5);"), size=64)
+    img = tikz.render(
+        _wrap(
+            "\\fill[blue] (5,5) circle (2);",
+            "\\draw[green, very thick] (0,9) -- (10,9);",
+            "\\filldraw[fill=yellow, draw=black] (1,1) -- (3,1) -- (2,3) -- cycle;",
+            "\\draw[fill=pink] (8,2) ellipse (1.5 and 0.5);",
+        ),
+        size=64,
+    )
     assert _px(img, 32, 32) == tikz.COLOURS["blue"] and _px(img, 32, 15) == (255, 255, 255)
     assert _px(img, 32, 6) == tikz.COLOURS["green"]
     assert _px(img, 12, 55) == tikz.COLOURS["yellow"]
@@ -35,26 +40,36 @@ def test_circle_ellipse_line_and_cycle():
 
 
 def test_nodes_are_labels_with_positions_and_statements_may_span_lines():
-    drawing = tikz.parse(_wrap("% a dog on the left", "\\draw[fill=brown] (1,2)", "  rectangle (4,5);",
-                               "\\node[red] (a) at (2.5,5.5) {dog};", "\\node at (7,3) {cup};"))
+    drawing = tikz.parse(
+        _wrap(
+            "% a dog on the left",
+            "\\draw[fill=brown] (1,2)",
+            "  rectangle (4,5);",
+            "\\node[red] (a) at (2.5,5.5) {dog};",
+            "\\node at (7,3) {cup};",
+        )
+    )
     assert drawing.labels == [("dog", (2.5, 5.5)), ("cup", (7.0, 3.0))]
     assert [s.kind for s in drawing.shapes] == ["rectangle", "node", "node"]
     assert drawing.shapes[0].line == 3
 
 
-@pytest.mark.parametrize("code, line, reason", [
-    (_wrap("\\draw (0,0) -- (1,1);", "\\foreach \\x in {1,2} {}"), 3, "unsupported command '\\foreach'"),
-    (_wrap("\\draw[dashed] (0,0) -- (1,1);"), 2, "unsupported option 'dashed'"),
-    (_wrap("\\draw[fill=teal] (0,0) circle (1);"), 2, "unsupported option 'fill=teal'"),
-    (_wrap("\\draw (0,0) circle (big);"), 2, "radius must be a number"),
-    (_wrap("\\draw (0,0) -- (1,1)"), 2, "not ended with ';'"),
-    (_wrap("\\draw (0,0);"), 2, "draws nothing"),
-    (_wrap("\\draw (0,0) -- cycle;"), 2, "at least three points"),
-    ("\\draw (0,0) -- (1,1);", 1, "before \\begin{tikzpicture}"),
-    ("\\begin{tikzpicture}\n\\draw (0,0) -- (1,1);", 2, "missing \\end{tikzpicture}"),
-    (_wrap("\\draw (0,0) -- (1e9,1);"), 2, "cannot read"),
-    (_wrap("\\draw[line width=500pt] (0,0) -- (1,1);"), 2, "out of range"),
-])
+@pytest.mark.parametrize(
+    "code, line, reason",
+    [
+        (_wrap("\\draw (0,0) -- (1,1);", "\\foreach \\x in {1,2} {}"), 3, "unsupported command '\\foreach'"),
+        (_wrap("\\draw[dashed] (0,0) -- (1,1);"), 2, "unsupported option 'dashed'"),
+        (_wrap("\\draw[fill=teal] (0,0) circle (1);"), 2, "unsupported option 'fill=teal'"),
+        (_wrap("\\draw (0,0) circle (big);"), 2, "radius must be a number"),
+        (_wrap("\\draw (0,0) -- (1,1)"), 2, "not ended with ';'"),
+        (_wrap("\\draw (0,0);"), 2, "draws nothing"),
+        (_wrap("\\draw (0,0) -- cycle;"), 2, "at least three points"),
+        ("\\draw (0,0) -- (1,1);", 1, "before \\begin{tikzpicture}"),
+        ("\\begin{tikzpicture}\n\\draw (0,0) -- (1,1);", 2, "missing \\end{tikzpicture}"),
+        (_wrap("\\draw (0,0) -- (1e9,1);"), 2, "cannot read"),
+        (_wrap("\\draw[line width=500pt] (0,0) -- (1,1);"), 2, "out of range"),
+    ],
+)
 def test_invalid_code_names_the_line_and_the_reason(code, line, reason):
     with pytest.raises(tikz.TikzError) as err:
         tikz.parse(code)
@@ -63,9 +78,42 @@ def test_invalid_code_names_the_line_and_the_reason(code, line, reason):
 
 
 def test_random_input_never_fails_with_anything_but_a_tikz_error():
-    pieces = ["\\draw", "\\fill", "\\node", "\\filldraw", "[", "]", "fill=red", "blue", "thick", "(", ")", ",",
-              "1", "-2.5", ".5", "--", "cycle", "rectangle", "circle", "ellipse", "and", "at", "{", "}", "dog",
-              ";", "%", "\n", " ", "\\begin{tikzpicture}", "\\end{tikzpicture}", "(3,4)", "(0,0)", "line width=2pt"]
+    pieces = [
+        "\\draw",
+        "\\fill",
+        "\\node",
+        "\\filldraw",
+        "[",
+        "]",
+        "fill=red",
+        "blue",
+        "thick",
+        "(",
+        ")",
+        ",",
+        "1",
+        "-2.5",
+        ".5",
+        "--",
+        "cycle",
+        "rectangle",
+        "circle",
+        "ellipse",
+        "and",
+        "at",
+        "{",
+        "}",
+        "dog",
+        ";",
+        "%",
+        "\n",
+        " ",
+        "\\begin{tikzpicture}",
+        "\\end{tikzpicture}",
+        "(3,4)",
+        "(0,0)",
+        "line width=2pt",
+    ]
     rng = random.Random(0)
     rendered = 0
     for _ in range(1500):

@@ -5,7 +5,6 @@ import json
 import pytest
 
 
-
 def _one_line_error(result, *fragments):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
@@ -16,8 +15,21 @@ def _one_line_error(result, *fragments):
 
 def test_generate_then_evaluate(tmp_path, run_tool):
     out = tmp_path / "imgs"
-    gen = run_tool("generate", "--model", "toy", "--prompt", "a photo of a red dog", "--num_images", "2",
-                   "--seed", "0", "--num_inference_steps", "10", "--output_dir", str(out))
+    gen = run_tool(
+        "generate",
+        "--model",
+        "toy",
+        "--prompt",
+        "a photo of a red dog",
+        "--num_images",
+        "2",
+        "--seed",
+        "0",
+        "--num_inference_steps",
+        "10",
+        "--output_dir",
+        str(out),
+    )
     assert gen.returncode == 0, gen.stderr
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "generation.json"]
     assert json.loads((out / "generation.json").read_text())["num_inference_steps"] == 10
@@ -28,12 +40,15 @@ def test_generate_then_evaluate(tmp_path, run_tool):
     assert set(report) >= {"class_accuracy", "colour_accuracy", "div"}
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--model", "no/such/folder"], ["does not exist", "--model toy"]),
-    (["--model", "./missing-model"], ["does not exist"]),
-    (["--prompt", "  "], ["prompt is empty"]),
-    (["--num_images", "0"], ["--num_images must be at least 1"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--model", "no/such/folder"], ["does not exist", "--model toy"]),
+        (["--model", "./missing-model"], ["does not exist"]),
+        (["--prompt", "  "], ["prompt is empty"]),
+        (["--num_images", "0"], ["--num_images must be at least 1"]),
+    ],
+)
 def test_generate_bad_input(tmp_path, run_tool, args, fragments):
     base = {"--model": "toy", "--prompt": "a photo of a dog", "--num_images": "1", "--output_dir": str(tmp_path / "o")}
     for flag, value in zip(args[::2], args[1::2]):
@@ -42,8 +57,10 @@ def test_generate_bad_input(tmp_path, run_tool, args, fragments):
 
 
 def test_generate_model_folder_that_is_not_a_pipeline(tmp_path, run_tool):
-    _one_line_error(run_tool("generate", "--model", str(tmp_path), "--prompt", "a dog", "--output_dir", str(tmp_path / "o")),
-                    "not a diffusers pipeline")
+    _one_line_error(
+        run_tool("generate", "--model", str(tmp_path), "--prompt", "a dog", "--output_dir", str(tmp_path / "o")),
+        "not a diffusers pipeline",
+    )
 
 
 def test_evaluate_bad_input(tmp_path, run_tool):
@@ -52,4 +69,6 @@ def test_evaluate_bad_input(tmp_path, run_tool):
     (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
     _one_line_error(run_tool("evaluate", "--images", str(tmp_path), "--prompt", "a dog"), "cannot read image", "x.png")
     _one_line_error(run_tool("evaluate", "--images", str(tmp_path), "--prompt", ""), "prompt is empty")
-    _one_line_error(run_tool("evaluate", "--images", str(tmp_path), "--prompt", "a photo of a zebra"), "names no toy class")
+    _one_line_error(
+        run_tool("evaluate", "--images", str(tmp_path), "--prompt", "a photo of a zebra"), "names no toy class"
+    )

@@ -2,8 +2,8 @@
 
 import pytest
 
-from helpers.diffusion.profiles import SD15, TOY, choose_profile, native_resolution
 from helpers.core.runtime import parked
+from helpers.diffusion.profiles import SD15, TOY, choose_profile, native_resolution
 
 
 class Part:
@@ -32,8 +32,8 @@ def test_a_profile_object_is_taken_as_it_is_and_names_are_looked_up():
 
 def test_native_resolution_is_the_latent_size_times_the_vae_factor(sd_folders):
     assert native_resolution(str(sd_folders.fp16), 512) == 64  # 8 x 8 latents, an 8x VAE
-    assert native_resolution(TOY.model, 512) == 64              # 16 x 16 latents, a 4x VAE
-    assert native_resolution(SD15.model, 512) == 512            # a hub id: the profile's value
+    assert native_resolution(TOY.model, 512) == 64  # 16 x 16 latents, a 4x VAE
+    assert native_resolution(SD15.model, 512) == 512  # a hub id: the profile's value
 
 
 def test_warnings_print_as_one_line_without_the_helpers_source():
@@ -41,8 +41,9 @@ def test_warnings_print_as_one_line_without_the_helpers_source():
 
     from helpers.core.runtime import one_line_warning
 
-    text = one_line_warning(UserWarning("identifier 'blue' is a common token"), UserWarning, "/x/train.py", 147,
-                            "self._load_models()")
+    text = one_line_warning(
+        UserWarning("identifier 'blue' is a common token"), UserWarning, "/x/train.py", 147, "self._load_models()"
+    )
     assert text == "UserWarning: identifier 'blue' is a common token\n"
     saved = warnings.formatwarning
     try:

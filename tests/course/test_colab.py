@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers.diffusion import lora
 from helpers.core.errors import UsageError
-from helpers.course.colab import COURSE_REPO, DRIVE_OUTPUTS, main, output_root, setup_cell
 from helpers.core.paths import ROOT
+from helpers.course.colab import COURSE_REPO, DRIVE_OUTPUTS, main, output_root, setup_cell
+from helpers.diffusion import lora
 from helpers.dreambooth.trainer import TrainConfig, Trainer, train
 
 SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
@@ -31,30 +31,39 @@ def _run_cell(tmp_path, repo: str, colab: bool = True) -> subprocess.CompletedPr
     fake_pip.mkdir(parents=True, exist_ok=True)
     (fake_pip / "__init__.py").write_text("")
     (fake_pip / "__main__.py").write_text(
-        f"import json, sys\nopen({str(tmp_path / 'pip-args.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
+        f"import json, sys\nopen({str(tmp_path / 'pip-args.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
     cell = setup_cell(repo)
     moved = cell.replace('COURSE_DIR = "/content/course"', f"COURSE_DIR = {json.dumps(str(tmp_path / 'course'))}")
     assert moved != cell
     colab_module = 'import sys, types\nsys.modules["google.colab"] = types.ModuleType("google.colab")\n'
     script = (colab_module if colab else "") + moved + '\nprint("sys.path[0] =", sys.path[0])\n'
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(fake_pip.parent), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(fake_pip.parent), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+    )
 
 
 def _git_repo(folder):
     folder.mkdir()
     (folder / "README.md").write_text("a course\n")
-    for args in (["init", "-q"], ["add", "README.md"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "README.md"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+    ):
         subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True)
     return folder
 
 
 def test_the_cell_has_the_url_in_one_line_at_the_top_and_compiles():
     lines = setup_cell(FORK).splitlines()
-    assert lines[1].startswith(f'COURSE_REPO = "{FORK}"  # your fork: change this line')
+    assert lines[1].startswith("# Your fork: change the next line") and lines[2] == f'COURSE_REPO = "{FORK}"'
     assert sum(FORK in line for line in lines) == 1 and COURSE_REPO not in setup_cell(FORK)
-    assert len(lines) <= 15
+    assert len(lines) <= 25
     compile(setup_cell(), "colab-cell", "exec")
 
 
@@ -94,7 +103,7 @@ def _cells(folder) -> dict[str, list[dict]]:
 STALE = """# Colab only: fetch the course and install what Colab lacks.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run(["git", "clone", "--depth", "1", "https://github.com/dreambooth-from-the-inside/course", "/content/course"], check=True)"""
+    subprocess.run(["git", "clone", "https://github.com/dreambooth-from-the-inside/course", "/content/course"])"""
 
 
 def test_the_command_rewrites_cell_1_of_every_notebook_and_check_agrees(tmp_path, capsys):
@@ -104,13 +113,19 @@ def test_the_command_rewrites_cell_1_of_every_notebook_and_check_agrees(tmp_path
         nb = json.loads(nb_path.read_text())
         nb["cells"][1]["source"] = [f"{line}\n" for line in STALE.splitlines()]
         if nb_path.name == "00_setup.ipynb":
-            nb["cells"][1] |= {"id": "colab-setup", "execution_count": 3,
-                               "outputs": [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]}
+            nb["cells"][1] |= {
+                "id": "colab-setup",
+                "execution_count": 3,
+                "outputs": [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}],
+            }
         nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     before = _cells(copy)
 
-    with pytest.raises(UsageError, match=r"the Colab cell of 00_setup.ipynb, 01_.*10_controlgpt.ipynb differs.*"
-                                         r"run python -m helpers.colab$"):
+    with pytest.raises(
+        UsageError,
+        match=r"the Colab cell of 00_setup.ipynb, 01_.*10_controlgpt.ipynb differs.*"
+        r"run python -m helpers.colab$",
+    ):
         main(["--notebooks", str(copy), "--check"])
     main(["--notebooks", str(copy)])
     after = _cells(copy)
@@ -148,9 +163,19 @@ def test_the_command_never_overwrites_another_cell(tmp_path):
 @pytest.mark.parametrize("lora_rank", [None, 4], ids=["full", "lora"])
 def test_a_run_copied_off_a_reset_runtime_resumes_exactly(tmp_path, killed_run, monkeypatch, lora_rank):
     def run(out, **kw):
-        return train(TrainConfig(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(out),
-                                 max_train_steps=4, checkpointing_steps=2, progress=False, seed=0, lora_rank=lora_rank,
-                                 **kw))
+        return train(
+            TrainConfig(
+                instance_data_dir=SUBJECT,
+                instance_prompt="a photo of sks dog",
+                output_dir=str(out),
+                max_train_steps=4,
+                checkpointing_steps=2,
+                progress=False,
+                seed=0,
+                lora_rank=lora_rank,
+                **kw,
+            )
+        )
 
     run(tmp_path / "uninterrupted")
     killed_run(Trainer, lambda: run(tmp_path / "runtime"), step=3)
@@ -175,7 +200,9 @@ def test_a_run_copied_off_a_reset_runtime_resumes_exactly(tmp_path, killed_run, 
 def test_outputs_stay_in_the_repository_unless_drive_is_asked_for(monkeypatch):
     assert output_root() == ROOT / "outputs"
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    with pytest.raises(UsageError, match="only there on Colab: set OUTPUTS_ON_DRIVE = False in the config cell$") as err:
+    with pytest.raises(
+        UsageError, match="only there on Colab: set OUTPUTS_ON_DRIVE = False in the config cell$"
+    ) as err:
         output_root(on_drive=True)
     assert "\n" not in str(err.value)
 

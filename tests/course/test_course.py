@@ -13,8 +13,9 @@ def _bar_notebook(value: float, total: float) -> nbformat.NotebookNode:
         "r": {"model_name": "HTMLModel", "state": {"value": "\u2007300/300\u2007[00:51&lt;00:00]"}},
     }
     nb = nbformat.v4.new_notebook(metadata={"widgets": {WIDGET_STATE: {"state": state}}})
-    bar = nbformat.v4.new_output("display_data", data={WIDGET_VIEW: {"model_id": "bar"},
-                                                       "text/plain": "dreambooth:   0%|          | 0/300"})
+    bar = nbformat.v4.new_output(
+        "display_data", data={WIDGET_VIEW: {"model_id": "bar"}, "text/plain": "dreambooth:   0%|          | 0/300"}
+    )
     other = nbformat.v4.new_output("display_data", data={"text/plain": "a figure"})
     nb.cells = [nbformat.v4.new_code_cell("train()", outputs=[bar, other])]
     return nb

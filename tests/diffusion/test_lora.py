@@ -8,9 +8,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
-from helpers.diffusion import lora
 from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
+from helpers.diffusion import lora
 from helpers.diffusion.profiles import TOY_MODEL, load_pipeline
 from helpers.dreambooth.trainer import TrainConfig, train
 
@@ -18,16 +18,29 @@ SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
 
 
 def _config(out, **kw) -> TrainConfig:
-    base = dict(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(out), progress=False,
-                lora_rank=4)
+    base = dict(
+        instance_data_dir=SUBJECT,
+        instance_prompt="a photo of sks dog",
+        output_dir=str(out),
+        progress=False,
+        lora_rank=4,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lora")
-    result = train(_config(out, max_train_steps=4, learning_rate=1e-2, checkpointing_steps=0, train_text_encoder=True,
-                           use_8bit_adam=True))
+    result = train(
+        _config(
+            out,
+            max_train_steps=4,
+            learning_rate=1e-2,
+            checkpointing_steps=0,
+            train_text_encoder=True,
+            use_8bit_adam=True,
+        )
+    )
     return out, result
 
 
@@ -110,8 +123,18 @@ def test_checkpoints_hold_the_adapters_only_and_resume_exactly(tmp_path, killed_
     from helpers.training.loop import checkpoints
 
     def run(out, **kw):
-        return train(_config(out, max_train_steps=6, checkpointing_steps=3, learning_rate=1e-2, train_text_encoder=True,
-                             use_8bit_adam=True, seed=5, **kw))
+        return train(
+            _config(
+                out,
+                max_train_steps=6,
+                checkpointing_steps=3,
+                learning_rate=1e-2,
+                train_text_encoder=True,
+                use_8bit_adam=True,
+                seed=5,
+                **kw,
+            )
+        )
 
     run(tmp_path / "full")
     killed_run(Trainer, lambda: run(tmp_path / "killed"), step=4)
@@ -126,8 +149,18 @@ def test_checkpoints_hold_the_adapters_only_and_resume_exactly(tmp_path, killed_
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     assert [h["step"] for h in result.history] == list(range(1, 7))
     with pytest.raises(UsageError, match="does not fit this model.*--lora_rank"):
-        train(_config(tmp_path / "killed", max_train_steps=6, lora_rank=8, train_text_encoder=True,
-                      resume_from_checkpoint=str(checkpoint)))
+        train(
+            _config(
+                tmp_path / "killed",
+                max_train_steps=6,
+                lora_rank=8,
+                train_text_encoder=True,
+                resume_from_checkpoint=str(checkpoint),
+            )
+        )
     with pytest.raises(UsageError, match="text-encoder adapters and this run trains none.*text-encoder choice"):
-        train(_config(tmp_path / "killed", max_train_steps=6, train_text_encoder=False,
-                      resume_from_checkpoint=str(checkpoint)))
+        train(
+            _config(
+                tmp_path / "killed", max_train_steps=6, train_text_encoder=False, resume_from_checkpoint=str(checkpoint)
+            )
+        )

@@ -36,9 +36,17 @@ def test_posterior_mean_two_ways_and_the_weight(sched):
     x0, eps, eps_hat = torch.randn(3, 16), torch.randn(3, 16), torch.randn(3, 16)
     for t in (1, 50, 400, 999):
         xt = noise.add_noise(x0, eps, t, ab)
-        assert torch.allclose(noise.posterior_mean(x0, xt, t, ab), noise.posterior_mean_from_eps(xt, eps, t, ab), atol=1e-4)
-        gap = (noise.posterior_mean_from_eps(xt, eps, t, ab) - noise.posterior_mean_from_eps(xt, eps_hat, t, ab)).pow(2).sum()
-        assert gap.item() == pytest.approx((noise.eps_to_mean_weight(t, ab) * (eps - eps_hat).pow(2).sum()).item(), rel=1e-4)
+        assert torch.allclose(
+            noise.posterior_mean(x0, xt, t, ab), noise.posterior_mean_from_eps(xt, eps, t, ab), atol=1e-4
+        )
+        gap = (
+            (noise.posterior_mean_from_eps(xt, eps, t, ab) - noise.posterior_mean_from_eps(xt, eps_hat, t, ab))
+            .pow(2)
+            .sum()
+        )
+        assert gap.item() == pytest.approx(
+            (noise.eps_to_mean_weight(t, ab) * (eps - eps_hat).pow(2).sum()).item(), rel=1e-4
+        )
 
 
 def test_predicted_x0_matches_the_scheduler_step(sched):

@@ -8,16 +8,24 @@ import numpy as np
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from helpers.diffusion.generate import generate_images
 from helpers.core.paths import ROOT
+from helpers.diffusion.generate import generate_images
 from helpers.diffusion.profiles import TOY_MODEL, choose_profile
 
 
 def test_loads_with_the_network_off(tmp_path):
-    code = ("from diffusers import StableDiffusionPipeline as P; p = P.from_pretrained('data/toy-sd'); "
-            "print(type(p).__name__, p.unet.config.sample_size, p.vae.config.latent_channels)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
+    code = (
+        "from diffusers import StableDiffusionPipeline as P; p = P.from_pretrained('data/toy-sd'); "
+        "print(type(p).__name__, p.unet.config.sample_size, p.vae.config.latent_channels)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["StableDiffusionPipeline", "16", "8"]
 

@@ -15,10 +15,10 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from helpers.diffusion import loading
 from helpers.core.errors import UsageError
-from helpers.diffusion.generate import generate_images
 from helpers.core.paths import ROOT
+from helpers.diffusion import loading
+from helpers.diffusion.generate import generate_images
 from helpers.diffusion.profiles import load_pipeline
 from helpers.dreambooth.trainer import TrainConfig, Trainer, train
 
@@ -26,9 +26,17 @@ SUBJECT = str(ROOT / "data" / "dreambooth" / "dog")
 
 
 def _config(model, out, **kw) -> TrainConfig:
-    base = dict(pretrained_model_name_or_path=str(model), instance_data_dir=SUBJECT,
-                instance_prompt="a photo of sks dog", output_dir=str(out), max_train_steps=2, learning_rate=1e-4,
-                progress=False, checkpointing_steps=0, seed=0)
+    base = dict(
+        pretrained_model_name_or_path=str(model),
+        instance_data_dir=SUBJECT,
+        instance_prompt="a photo of sks dog",
+        output_dir=str(out),
+        max_train_steps=2,
+        learning_rate=1e-4,
+        progress=False,
+        checkpointing_steps=0,
+        seed=0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -41,9 +49,19 @@ def _dtypes(folder) -> set[str]:
     return found
 
 
-FULL = dict(with_prior_preservation=True, class_prompt="a photo of dog", num_class_images=2, train_batch_size=1,
-            train_text_encoder=True, mixed_precision="bf16", gradient_checkpointing=True, use_8bit_adam=True,
-            max_train_steps=4, checkpointing_steps=2, lr_scheduler="cosine")
+FULL = dict(
+    with_prior_preservation=True,
+    class_prompt="a photo of dog",
+    num_class_images=2,
+    train_batch_size=1,
+    train_text_encoder=True,
+    mixed_precision="bf16",
+    gradient_checkpointing=True,
+    use_8bit_adam=True,
+    max_train_steps=4,
+    checkpointing_steps=2,
+    lr_scheduler="cosine",
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +89,10 @@ def test_a_full_run_on_an_fp16_folder_saves_float32_weights_that_reload(full_run
 
 def test_a_full_run_resumed_after_a_kill_ends_with_the_same_weights(full_run, sd_folders, tmp_path, killed_run):
     out, _ = full_run
-    config = lambda **kw: _config(sd_folders.fp16, tmp_path / "run", class_data_dir=str(out / "class"), **FULL, **kw)
+
+    def config(**kw):
+        return _config(sd_folders.fp16, tmp_path / "run", class_data_dir=str(out / "class"), **FULL, **kw)
+
     killed_run(Trainer, lambda: train(config()), step=3)
     result = train(config(resume_from_checkpoint="latest"))
     assert [h["step"] for h in result.history] == [1, 2, 3, 4]
@@ -112,9 +133,21 @@ def test_a_second_run_in_one_kernel_may_change_the_precision(sd_folders, tmp_pat
     assert len(second.train().history) == 2 and len(first.history) == 2
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(lora_rank=4, train_text_encoder=True, with_prior_preservation=True,
-                                              class_prompt="a photo of dog", num_class_images=1,
-                                              validation_prompt="a photo of sks dog", num_validation_images=1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(
+            lora_rank=4,
+            train_text_encoder=True,
+            with_prior_preservation=True,
+            class_prompt="a photo of dog",
+            num_class_images=1,
+            validation_prompt="a photo of sks dog",
+            num_validation_images=1,
+        ),
+    ],
+)
 def test_a_finished_run_lets_its_models_go_without_the_garbage_collector(sd_folders, tmp_path, kw):
     trainer = Trainer(_config(sd_folders.fp32, tmp_path / "run", class_data_dir=str(tmp_path / "class"), **kw))
     unet, text_encoder = weakref.ref(trainer.unet), weakref.ref(trainer.text_encoder)
@@ -129,8 +162,17 @@ def test_a_finished_run_lets_its_models_go_without_the_garbage_collector(sd_fold
 
 
 def test_lora_with_the_text_encoder_on_an_fp16_folder(sd_folders, tmp_path):
-    result = train(_config(sd_folders.fp16, tmp_path, lora_rank=4, train_text_encoder=True, mixed_precision="bf16",
-                           gradient_checkpointing=True, use_8bit_adam=True))
+    result = train(
+        _config(
+            sd_folders.fp16,
+            tmp_path,
+            lora_rank=4,
+            train_text_encoder=True,
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            use_8bit_adam=True,
+        )
+    )
     assert len(result.history) == 2 and _dtypes(tmp_path) == {"F32"}
     assert json.loads((tmp_path / "lora_base.json").read_text())["base_model"] == str(sd_folders.fp16)
     pipe = load_pipeline(str(tmp_path))  # its base, with the adapters loaded
@@ -154,8 +196,11 @@ def test_an_fp16_variant_folder_loads_with_variant_and_says_so_without(sd_folder
 def test_a_hub_id_that_is_not_cached_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(UsageError, match=r"not in the local cache and the hub cannot be reached .*helpers.diffusion.profiles "
-                                         r"download nobody/no-such-model"):
+    with pytest.raises(
+        UsageError,
+        match=r"not in the local cache and the hub cannot be reached .*helpers.diffusion.profiles "
+        r"download nobody/no-such-model",
+    ):
         Trainer(_config("nobody/no-such-model", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
@@ -192,14 +237,40 @@ def test_revision_and_variant_reach_every_loader(sd_folders, tmp_path, monkeypat
 
 def test_generate_and_evaluate_from_a_terminal_on_the_sd_shaped_model(full_run, sd_folders, run_tool, tmp_path):
     out, _ = full_run
-    drawn = run_tool("generate", "--model", str(sd_folders.fp16), "--prompt", "a photo of a dog", "--num_images", "2",
-                     "--num_inference_steps", "2", "--output_dir", str(tmp_path / "images"))
+    drawn = run_tool(
+        "generate",
+        "--model",
+        str(sd_folders.fp16),
+        "--prompt",
+        "a photo of a dog",
+        "--num_images",
+        "2",
+        "--num_inference_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "images"),
+    )
     assert drawn.returncode == 0, drawn.stderr[-2000:]
     assert len(list((tmp_path / "images").glob("*.png"))) == 2
-    scored = run_tool("evaluate", "--model", str(out / "run"), "--subject_dir", SUBJECT, "--instance_prompt",
-                      "a photo of sks dog", "--class_prompt", "a photo of dog", "--num_samples", "2",
-                      "--num_inference_steps", "2", "--dino_model", str(sd_folders.dino), "--clip_model",
-                      str(sd_folders.clip))
+    scored = run_tool(
+        "evaluate",
+        "--model",
+        str(out / "run"),
+        "--subject_dir",
+        SUBJECT,
+        "--instance_prompt",
+        "a photo of sks dog",
+        "--class_prompt",
+        "a photo of dog",
+        "--num_samples",
+        "2",
+        "--num_inference_steps",
+        "2",
+        "--dino_model",
+        str(sd_folders.dino),
+        "--clip_model",
+        str(sd_folders.clip),
+    )
     assert scored.returncode == 0, scored.stderr[-2000:]
     report = json.loads(scored.stdout.strip().splitlines()[-1])
     assert report["scorers"].startswith("DINO") and report["num_samples"] == 2

@@ -5,9 +5,9 @@ import statistics
 import pytest
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from helpers.diffusion.profiles import TOY_MODEL
 from helpers.dreambooth import identifiers
 from helpers.toy import world as toyworld
-from helpers.diffusion.profiles import TOY_MODEL
 
 
 @pytest.fixture(scope="module")

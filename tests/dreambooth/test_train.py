@@ -11,21 +11,29 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers.dreambooth import trainer as train_mod
 from helpers.core.errors import UsageError
-from helpers.training.optim import make_optimizer, optimizer_state_bytes
-from helpers.dreambooth.priors import PriorSettings, cache_status, class_data_dir, class_images
 from helpers.core.paths import ROOT
 from helpers.diffusion.profiles import TOY_MODEL
+from helpers.dreambooth import trainer as train_mod
+from helpers.dreambooth.priors import PriorSettings, cache_status, class_data_dir, class_images
 from helpers.dreambooth.trainer import TrainConfig, Trainer, train
 from helpers.training.loop import checkpoints, resolve_resume
+from helpers.training.optim import make_optimizer, optimizer_state_bytes
 
 SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
 
 
 def _config(out, **kw) -> TrainConfig:
-    base = dict(instance_data_dir=SUBJECT, instance_prompt="a photo of sks dog", output_dir=str(out),
-                max_train_steps=6, learning_rate=1e-4, progress=False, checkpointing_steps=0, seed=0)
+    base = dict(
+        instance_data_dir=SUBJECT,
+        instance_prompt="a photo of sks dog",
+        output_dir=str(out),
+        max_train_steps=6,
+        learning_rate=1e-4,
+        progress=False,
+        checkpointing_steps=0,
+        seed=0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -46,9 +54,20 @@ def test_output_is_a_pipeline_and_the_loss_is_logged(tmp_path):
 
 
 def test_prior_preservation_with_snr_gamma_and_8bit_adam(tmp_path):
-    result = train(_config(tmp_path / "out", with_prior_preservation=True, class_prompt="a photo of dog",
-                           class_data_dir=str(tmp_path / "class"), num_class_images=3, train_batch_size=2,
-                           snr_gamma=5.0, use_8bit_adam=True, max_train_steps=3, logging_steps=1))
+    result = train(
+        _config(
+            tmp_path / "out",
+            with_prior_preservation=True,
+            class_prompt="a photo of dog",
+            class_data_dir=str(tmp_path / "class"),
+            num_class_images=3,
+            train_batch_size=2,
+            snr_gamma=5.0,
+            use_8bit_adam=True,
+            max_train_steps=3,
+            logging_steps=1,
+        )
+    )
     assert len(list((tmp_path / "class").glob("*.png"))) == 3
     assert all(h["prior_loss"] > 0 and h["instance_loss"] > 0 for h in result.history)
     assert result.class_images["reused"] is False
@@ -169,10 +188,27 @@ def test_each_seed_keeps_its_class_images_in_a_folder_of_its_own(tmp_path):
 def test_two_processes_end_identical_and_only_rank_0_writes(tmp_path):
     report = tmp_path / "report"
     report.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(ROOT / "tests" / "ddp_worker.py"), SUBJECT, str(tmp_path / "out"), str(report)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        SUBJECT,
+        str(tmp_path / "out"),
+        str(report),
+    ]
+    out = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2 and "MULTI_CPU" in ranks[0]["distributed_type"]

@@ -28,7 +28,9 @@ def test_subject_fidelity_is_mean_cosine():
 
 
 def test_prompt_fidelity_averages_named_attributes():
-    verdict = Verdict(torch.zeros(4, 2), {"class": ["dog", "dog", "cat", "dog"], "colour": ["red", "blue", "red", "red"]})
+    verdict = Verdict(
+        torch.zeros(4, 2), {"class": ["dog", "dog", "cat", "dog"], "colour": ["red", "blue", "red", "red"]}
+    )
     out = metrics.prompt_fidelity(verdict, {"class": "dog", "colour": "red", "position": None})
     assert out["class_accuracy"] == 0.75 and out["colour_accuracy"] == 0.75
     assert out["prompt_fidelity"] == pytest.approx((1 + 0.5 + 0.5 + 1) / 4)

@@ -6,11 +6,12 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import CLIPModel, CLIPProcessor, ViTImageProcessor, ViTModel
 
-from helpers.evaluation import metrics, photo_scorers
-from helpers.toy import world as toyworld
 from helpers.core.errors import UsageError
-from helpers.evaluation.evaluate import evaluate_model, photo_scorers as make_photo_scorers
 from helpers.diffusion.generate import generate_images
+from helpers.evaluation import metrics, photo_scorers
+from helpers.evaluation.evaluate import evaluate_model
+from helpers.evaluation.evaluate import photo_scorers as make_photo_scorers
+from helpers.toy import world as toyworld
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,9 @@ def test_a_missing_scorer_model_is_one_clear_line(tmp_path):
 def test_evaluate_model_with_photo_scorers(toy_pipe, tiny_dino, tiny_clip):
     scorers = make_photo_scorers(tiny_dino, tiny_clip)
     photos = _photos(2)
-    report = evaluate_model(toy_pipe, photos, "a photo of sks dog", "a photo of dog", num_samples=3,
-                            scorers=scorers, num_inference_steps=2)
+    report = evaluate_model(
+        toy_pipe, photos, "a photo of sks dog", "a photo of dog", num_samples=3, scorers=scorers, num_inference_steps=2
+    )
     assert report["scorers"].startswith("DINO") and report["num_samples"] == 3
     samples = generate_images(toy_pipe, "a photo of sks dog", 3, seed=0, num_inference_steps=2, guidance_scale=4.0)
     expected = metrics.subject_fidelity(scorers.embed(samples), scorers.embed(photos))

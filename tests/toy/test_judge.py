@@ -3,9 +3,9 @@ import random
 import numpy as np
 import torch
 
+from helpers.diffusion.latents import through_vae
 from helpers.toy import world as toyworld
 from helpers.toy.judge import judge_accuracy, judge_images, vae_share
-from helpers.diffusion.latents import through_vae
 
 
 def test_judge_knows_fresh_renders(judge):

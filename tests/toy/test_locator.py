@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.toy import locator as loc
-from helpers.toy import relations, world as toyworld
 from helpers.core.errors import UsageError
+from helpers.toy import locator as loc
+from helpers.toy import relations
+from helpers.toy import world as toyworld
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "toy-locator"
 
@@ -24,19 +25,31 @@ def test_cell_targets_name_each_object_and_ignore_the_background_colour():
 
 
 def test_scores_count_presence_and_relation_like_visor():
-    samples = [relations.RelationSample(None, "", "left", toyworld.Instance("dog", "red", "white", "plain"),
-                                        toyworld.Instance("cup", "blue", "white", "plain"))] * 3
+    samples = [
+        relations.RelationSample(
+            None,
+            "",
+            "left",
+            toyworld.Instance("dog", "red", "white", "plain"),
+            toyworld.Instance("cup", "blue", "white", "plain"),
+        )
+    ] * 3
     seen = [
-        [loc.Found("dog", "red", (10, 30), 9), loc.Found("cup", "blue", (50, 30), 9)],   # right
-        [loc.Found("dog", "red", (50, 30), 9), loc.Found("cup", "blue", (10, 30), 9)],   # wrong side
-        [loc.Found("dog", "red", (10, 30), 9)],                                          # cup missing
+        [loc.Found("dog", "red", (10, 30), 9), loc.Found("cup", "blue", (50, 30), 9)],  # right
+        [loc.Found("dog", "red", (50, 30), 9), loc.Found("cup", "blue", (10, 30), 9)],  # wrong side
+        [loc.Found("dog", "red", (10, 30), 9)],  # cup missing
     ]
     assert loc.score_relations(seen, samples) == {"object_accuracy": 2 / 3, "relation_accuracy": 1 / 3, "prompts": 3}
 
 
 def test_each_image_gets_one_outcome_that_says_why_it_failed():
-    sample = relations.RelationSample(None, "", "left", toyworld.Instance("dog", "red", "white", "plain"),
-                                      toyworld.Instance("cup", "blue", "white", "plain"))
+    sample = relations.RelationSample(
+        None,
+        "",
+        "left",
+        toyworld.Instance("dog", "red", "white", "plain"),
+        toyworld.Instance("cup", "blue", "white", "plain"),
+    )
     dog, cup = loc.Found("dog", "red", (10, 30), 9), loc.Found("cup", "blue", (50, 30), 9)
     cases = {
         (dog, cup): "both, in relation",

@@ -7,10 +7,23 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from helpers.toy import model as toymodel, pretrain
+from helpers.toy import model as toymodel
+from helpers.toy import pretrain
 
-TINY = ["--vae_steps", "10", "--vae_batch_size", "4", "--unet_steps", "3", "--unet_batch_size", "4",
-        "--dataset_size", "8", "--judge_steps", "2"]
+TINY = [
+    "--vae_steps",
+    "10",
+    "--vae_batch_size",
+    "4",
+    "--unet_steps",
+    "3",
+    "--unet_batch_size",
+    "4",
+    "--dataset_size",
+    "8",
+    "--judge_steps",
+    "2",
+]
 
 
 class Killed(Exception):
@@ -85,7 +98,12 @@ def test_all_records_each_stage_skips_what_is_done_and_draws_8_channel_latents(t
     assert [(s["report"]["continued"], s["report"]["seed"]) for s in stages[:3]] == [(False, 0), (True, 1), (True, 2)]
     assert stages[4]["command"].startswith(f"python -m helpers.pretrain unet --init_from {out} --output {out}")
     second = stages[4]["report"]
-    assert (second["seed"], second["learning_rate"], second["text_encoder_lr"], second["weight_decay"]) == (1, 3e-4, 1e-3, 0)
+    assert (second["seed"], second["learning_rate"], second["text_encoder_lr"], second["weight_decay"]) == (
+        1,
+        3e-4,
+        1e-3,
+        0,
+    )
     assert (stages[3]["report"]["prediction_type"], second["prediction_type"]) == ("epsilon", "v_prediction")
     assert (stages[3]["report"]["layout_fraction"], second["layout_fraction"]) == (0.0, 0.5)
     assert (stages[3]["report"]["steps"], stages[4]["report"]["steps"]) == (3, 2)
@@ -104,20 +122,26 @@ def test_all_records_each_stage_skips_what_is_done_and_draws_8_channel_latents(t
     assert pipe.vae.config.latent_channels == pipe.unet.config.in_channels == toymodel.LATENT_CHANNELS == 8
     assert pipe.unet.config.sample_size == 16
     config = pipe.scheduler.config
-    assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == ("v_prediction", True, "trailing")
+    assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == (
+        "v_prediction",
+        True,
+        "trailing",
+    )
 
 
 def test_the_vae_phases_of_all_are_the_commands_on_the_card():
     phases = [pretrain.vae_continuation([], k, 0, 5000, 2e-3) for k in (1, 2)]
     assert [" ".join(p) for p in phases] == [
         "vae --vae_continue --seed 1 --vae_steps 3000 --vae_learning_rate 0.0005",
-        "vae --vae_continue --seed 2 --vae_steps 1500 --vae_learning_rate 0.00025"]
+        "vae --vae_continue --seed 2 --vae_steps 1500 --vae_learning_rate 0.00025",
+    ]
 
 
 def test_the_unet_phases_of_all_are_the_commands_on_the_card():
     assert " ".join(pretrain.second_phase([], pretrain.DATA / "toy-sd", 0, 5000, 1e-3)).endswith(
         "toy-sd --seed 1 --unet_steps 4000 --learning_rate 0.0003 --text_encoder_lr 0.001 --weight_decay 0 "
-        "--prediction_type v_prediction --layout_fraction 0.5")
+        "--prediction_type v_prediction --layout_fraction 0.5"
+    )
 
 
 def test_a_layout_batch_names_a_place_and_sits_at_the_highest_noise_levels():

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from helpers.control import planner, tikz
-from helpers.toy import relations, world as toyworld
+from helpers.toy import relations
+from helpers.toy import world as toyworld
 
 
 def test_samples_are_seeded_and_their_prompts_parse_back():
@@ -13,8 +14,13 @@ def test_samples_are_seeded_and_their_prompts_parse_back():
     for seed in range(40):
         s = relations.relation_sample(seed)
         first, relation, second = planner.parse_relation_prompt(s.prompt)
-        assert (first.cls, first.colour, relation, second.cls, second.colour) == \
-            (s.first.cls, s.first.colour, s.relation, s.second.cls, s.second.colour)
+        assert (first.cls, first.colour, relation, second.cls, second.colour) == (
+            s.first.cls,
+            s.first.colour,
+            s.relation,
+            s.second.cls,
+            s.second.colour,
+        )
 
 
 def test_rendered_objects_stand_in_the_stated_relation():
@@ -30,8 +36,10 @@ def test_rendered_objects_stand_in_the_stated_relation():
 
 def test_held_out_pairs_are_respected():
     pairs = [("dog", "cup"), ("car", "tree")]
-    assert {(relations.relation_sample(s, pairs).first.cls, relations.relation_sample(s, pairs).second.cls)
-            for s in range(30)} == set(pairs)
+    assert {
+        (relations.relation_sample(s, pairs).first.cls, relations.relation_sample(s, pairs).second.cls)
+        for s in range(30)
+    } == set(pairs)
 
 
 def test_true_layout_is_planner_tikz_with_boxes_where_the_objects_are():
@@ -46,9 +54,14 @@ def test_true_layout_is_planner_tikz_with_boxes_where_the_objects_are():
         assert share > 0.8, (inst, share)
 
 
-@pytest.mark.parametrize("relation, first, second, holds", [
-    ("left", (10, 30), (50, 30), True), ("left", (50, 30), (10, 30), False),
-    ("above", (30, 10), (30, 50), True), ("below", (30, 10), (30, 50), False),
-])
+@pytest.mark.parametrize(
+    "relation, first, second, holds",
+    [
+        ("left", (10, 30), (50, 30), True),
+        ("left", (50, 30), (10, 30), False),
+        ("above", (30, 10), (30, 50), True),
+        ("below", (30, 10), (30, 50), False),
+    ],
+)
 def test_relation_check_uses_image_coordinates(relation, first, second, holds):
     assert relations.relation_holds(first, second, relation) is holds

@@ -22,8 +22,9 @@ def _run(folder, kill_after: int | None = None) -> torch.nn.Module:
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
-    state = StageState(folder, SETTINGS, {"model": model, "optimizer": opt, "schedule": sched}, rng=rng,
-                       every_seconds=0)
+    state = StageState(
+        folder, SETTINGS, {"model": model, "optimizer": opt, "schedule": sched}, rng=rng, every_seconds=0
+    )
     for step in range(state.resume(), SETTINGS["steps"]):
         if step == kill_after:
             raise Killed

@@ -3,8 +3,9 @@ import random
 
 from transformers import CLIPTokenizer
 
-from helpers.toy import tokenizer as toytokenizer, world as toyworld
 from helpers.diffusion.profiles import TOY_MODEL
+from helpers.toy import tokenizer as toytokenizer
+from helpers.toy import world as toyworld
 
 
 def _tok() -> CLIPTokenizer:
@@ -60,5 +61,6 @@ def test_committed_vocabulary_matches_the_builder(tmp_path):
     built = toytokenizer.build_tokenizer(tmp_path)
     committed = json.loads((TOY_MODEL / "tokenizer" / "tokenizer.json").read_text())["model"]
     assert built.get_vocab() == _tok().get_vocab() == committed["vocab"]
-    assert [" ".join(m) if isinstance(m, list) else m for m in committed["merges"]] == \
-        (tmp_path / "merges.txt").read_text().splitlines()[1:]
+    assert [" ".join(m) if isinstance(m, list) else m for m in committed["merges"]] == (
+        tmp_path / "merges.txt"
+    ).read_text().splitlines()[1:]

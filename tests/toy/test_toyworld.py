@@ -107,7 +107,11 @@ def test_unknown_structure_kind_is_named():
 
 
 def test_parse_prompt():
-    assert tw.parse_prompt("A photo of a big RED dog on the left") == {"class": "dog", "colour": "red", "position": "left"}
+    assert tw.parse_prompt("A photo of a big RED dog on the left") == {
+        "class": "dog",
+        "colour": "red",
+        "position": "left",
+    }
     assert tw.parse_prompt("a photo of sks sunglasses") == {"class": "sunglasses", "colour": None, "position": None}
 
 

@@ -2,15 +2,16 @@ import sys
 
 import pytest
 
-from helpers.training import memory
 from helpers.core.paths import ROOT
+from helpers.training import memory
 
 
 def test_terms_add_up_and_the_recipes_order_as_expected():
     rows = {r["recipe"]: r for r in memory.table()}
     for r in rows.values():
-        assert r["total"] == pytest.approx(sum(v for k, v in r.items() if k not in ("recipe", "total", "peak at")),
-                                           abs=0.05)
+        assert r["total"] == pytest.approx(
+            sum(v for k, v in r.items() if k not in ("recipe", "total", "peak at")), abs=0.05
+        )
     assert rows["fp32, AdamW"]["total"] > 15 > rows["+ gradient checkpointing (T4 recipe)"]["total"]
     assert rows["+ 8-bit AdamW"]["total"] < rows["+ fp16 mixed precision"]["total"]
     assert rows["T4 recipe + text encoder"]["total"] > rows["+ gradient checkpointing (T4 recipe)"]["total"]
@@ -50,9 +51,13 @@ def test_sd15_lora_parameter_count_matches_the_real_architecture():
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**UNET_CONFIG)
-    per_rank = sum(m.in_features + m.out_features for name, m in unet.named_modules()
-                   if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0")
-                   and ".attn" in name)
+    per_rank = sum(
+        m.in_features + m.out_features
+        for name, m in unet.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0")
+        and ".attn" in name
+    )
     assert memory.sd15_lora_params_per_rank()["unet"] == per_rank
 
 

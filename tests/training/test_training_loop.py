@@ -9,8 +9,8 @@ import torch
 
 from helpers.control.trainer import ControlNetConfig
 from helpers.dreambooth.trainer import TrainConfig
-from helpers.training.settings import TrainerSettings
 from helpers.training.loop import checkpoints, fit, make_accelerator, step_generator
+from helpers.training.settings import TrainerSettings
 
 
 class Killed(Exception):
@@ -21,8 +21,15 @@ def _run(output_dir, steps=6, kill_at=None, **settings):
     """``fit`` on a linear model; the loss of step s is a fixed function of (seed, s)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
-    cfg = TrainerSettings(output_dir=str(output_dir), max_train_steps=steps, learning_rate=0.05, checkpointing_steps=2,
-                          logging_steps=1, progress=False, **settings)
+    cfg = TrainerSettings(
+        output_dir=str(output_dir),
+        max_train_steps=steps,
+        learning_rate=0.05,
+        checkpointing_steps=2,
+        logging_steps=1,
+        progress=False,
+        **settings,
+    )
     acc = make_accelerator(output_dir, 1, "no")
     prepared = []
 
@@ -34,8 +41,16 @@ def _run(output_dir, steps=6, kill_at=None, **settings):
         loss = ((prepared[0](x) - y) ** 2).mean()
         return loss, {"half": loss / 2}
 
-    report = fit(acc, cfg, output_dir, [model], [{"params": list(model.parameters()), "lr": 0.05}],
-                 step_loss, "test", prepared.extend)
+    report = fit(
+        acc,
+        cfg,
+        output_dir,
+        [model],
+        [{"params": list(model.parameters()), "lr": 0.05}],
+        step_loss,
+        "test",
+        prepared.extend,
+    )
     return prepared[0], report
 
 

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from helpers import upscaler as up
-from helpers.core.paths import DATA
 from helpers.core.errors import UsageError
+from helpers.core.paths import DATA
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +85,15 @@ def test_a_finetune_killed_and_resumed_from_latest_ends_as_an_uninterrupted_one(
     def run(output_dir, **kw):
         torch.manual_seed(0)
         pipe = up.build_upscaler()
-        config = up.FinetuneConfig(output_dir=str(output_dir), max_train_steps=4, train_batch_size=2, crop=32,
-                                   checkpointing_steps=2, progress=False, **kw)
+        config = up.FinetuneConfig(
+            output_dir=str(output_dir),
+            max_train_steps=4,
+            train_batch_size=2,
+            crop=32,
+            checkpointing_steps=2,
+            progress=False,
+            **kw,
+        )
         return pipe, up.finetune(pipe, photos, config)
 
     whole, fit = run(tmp_path / "whole")
@@ -113,13 +120,20 @@ def test_a_finetune_killed_and_resumed_from_latest_ends_as_an_uninterrupted_one(
 def test_psnr_matches_its_formula():
     a = Image.new("RGB", (8, 8), (100, 100, 100))
     b = Image.new("RGB", (8, 8), (110, 100, 100))  # squared error 100 in one of three channels
-    assert up.psnr([a], [b]) == pytest.approx(10 * math.log10(255 ** 2 / (100 / 3)))
+    assert up.psnr([a], [b]) == pytest.approx(10 * math.log10(255**2 / (100 / 3)))
     assert up.psnr([a], [b], box=(0, 0, 4, 4)) == pytest.approx(up.psnr([a], [b]))
 
 
 def test_save_then_load_round_trip(tmp_path, fresh):
-    stage = {"stage": "pretrain", "command": "python -m helpers.upscaler pretrain", "steps": 1, "batch_size": 1,
-             "seed": 0, "seconds": 0.1, "final_loss": 0.5}
+    stage = {
+        "stage": "pretrain",
+        "command": "python -m helpers.upscaler pretrain",
+        "steps": 1,
+        "batch_size": 1,
+        "seed": 0,
+        "seconds": 0.1,
+        "final_loss": 0.5,
+    }
     out = up.save(fresh, tmp_path / "ups", [stage])
     loaded = up.load_upscaler(out)
     assert torch.equal(loaded.unet.conv_in.weight, fresh.unet.conv_in.weight)
