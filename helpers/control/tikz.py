@@ -25,22 +25,19 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
+from helpers.toy.world import COLOURS as WORLD_COLOURS
+
 CANVAS = 10.0
 GLYPH_CELLS = 3
 LABEL_STYLES = ("text", "glyph", "none")
+# TikZ's own black, white and grey; every other name in the toy world's palette, so that a sketch's
+# box has the colour its object is drawn in.
 COLOURS = {
     "black": (0, 0, 0),
     "white": (255, 255, 255),
     "gray": (128, 128, 128),
     "grey": (128, 128, 128),
-    "red": (214, 39, 40),
-    "orange": (255, 127, 14),
-    "yellow": (240, 220, 40),
-    "green": (44, 160, 44),
-    "blue": (31, 90, 220),
-    "purple": (148, 60, 189),
-    "pink": (247, 140, 200),
-    "brown": (140, 86, 45),
+    **{name: rgb for name, rgb in WORLD_COLOURS.items() if name not in ("black", "white")},
 }
 LINE_WIDTHS = {"thin": 0.4, "thick": 0.8, "very thick": 1.2, "ultra thick": 1.6}  # in pt, as TikZ
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
