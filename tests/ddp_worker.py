@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import helpers.dreambooth.trainer as train_mod
 import helpers.training.loop as loop_mod
 from helpers.core.runtime import configure_cpu
 from helpers.dreambooth.trainer import TrainConfig, Trainer
@@ -15,7 +14,7 @@ from helpers.dreambooth.trainer import TrainConfig, Trainer
 def main(subject: str, output: str, report: str) -> None:
     configure_cpu()
     writes: list[str] = []
-    real_write, real_save = train_mod.write_text_atomic, Trainer._save_pipeline
+    real_write, real_save = loop_mod.write_text_atomic, Trainer._save_pipeline
 
     def logged_write(path, text):
         writes.append(Path(path).name)
@@ -25,7 +24,7 @@ def main(subject: str, output: str, report: str) -> None:
         writes.append("pipeline")
         real_save(self)
 
-    train_mod.write_text_atomic = loop_mod.write_text_atomic = logged_write
+    loop_mod.write_text_atomic = logged_write
     Trainer._save_pipeline = logged_save
     trainer = Trainer(
         TrainConfig(

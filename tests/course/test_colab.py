@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers.core.errors import UsageError
-from helpers.core.paths import ROOT
+from helpers.core.paths import ROOT, outputs
 from helpers.course.colab import COURSE_REPO, DRIVE_OUTPUTS, main, output_root, setup_cell
 from helpers.diffusion import lora
 from helpers.dreambooth.trainer import TrainConfig, Trainer, train
@@ -198,7 +198,7 @@ def test_a_run_copied_off_a_reset_runtime_resumes_exactly(tmp_path, killed_run, 
 
 
 def test_outputs_stay_in_the_repository_unless_drive_is_asked_for(monkeypatch):
-    assert output_root() == ROOT / "outputs"
+    assert output_root() == outputs() and outputs().is_relative_to(ROOT)
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     with pytest.raises(
         UsageError, match="only there on Colab: set OUTPUTS_ON_DRIVE = False in the config cell$"

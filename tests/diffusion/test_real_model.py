@@ -104,11 +104,11 @@ def test_a_full_run_resumed_after_a_kill_ends_with_the_same_weights(full_run, sd
 def test_no_fp16_gradient_reaches_a_grad_scaler(sd_folders, tmp_path, monkeypatch):
     """fp16 mixed precision unscales gradients with a GradScaler, which refuses fp16 ones ("Attempting to
     unscale FP16 gradients"): the trainable parts of an fp16 folder must be float32."""
-    import helpers.dreambooth.trainer as train_module
+    import helpers.training.loop as loop_module
 
     seen = {}
 
-    def one_scaled_step(acc, output_dir, trained, optimizer, lr_scheduler, step_loss, settings, start_step):
+    def one_scaled_step(acc, output_dir, trained, optimizer, lr_scheduler, step_loss, settings, start_step, after=None):
         scaler = torch.amp.GradScaler("cpu")
         loss, _ = step_loss(0, 0)
         scaler.scale(loss).backward()
@@ -116,7 +116,7 @@ def test_no_fp16_gradient_reaches_a_grad_scaler(sd_folders, tmp_path, monkeypatc
         seen["grads"] = {p.grad.dtype for g in optimizer.param_groups for p in g["params"] if p.grad is not None}
         return [], 0.0
 
-    monkeypatch.setattr(train_module, "run_loop", one_scaled_step)
+    monkeypatch.setattr(loop_module, "run_loop", one_scaled_step)
     train(_config(sd_folders.fp16, tmp_path, train_text_encoder=True, mixed_precision="bf16"))
     assert seen["grads"] == {torch.float32}
 
@@ -198,7 +198,7 @@ def test_a_hub_id_that_is_not_cached_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(
         UsageError,
-        match=r"not in the local cache and the hub cannot be reached .*helpers.diffusion.profiles "
+        match=r"not in the local cache and the hub cannot be reached .*helpers.profiles "
         r"download nobody/no-such-model",
     ):
         Trainer(_config("nobody/no-such-model", tmp_path / "out"))

@@ -68,7 +68,7 @@ def test_clip_t_is_the_cosine_of_image_and_prompt_features(tiny_clip):
 
 
 def test_a_missing_scorer_model_is_one_clear_line(tmp_path):
-    with pytest.raises(UsageError, match="could not load the DINO .*helpers.diffusion.profiles download"):
+    with pytest.raises(UsageError, match="could not load the DINO .*helpers.profiles download"):
         photo_scorers.DinoEmbedder(str(tmp_path / "no-such-dino"))
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from helpers import upscaler as up
 from helpers.core.errors import UsageError
 from helpers.core.paths import DATA
+from helpers.upscaler import cli as upscaler_cli
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_save_then_load_round_trip(tmp_path, fresh):
         "seconds": 0.1,
         "final_loss": 0.5,
     }
-    out = up.save(fresh, tmp_path / "ups", [stage])
+    out = upscaler_cli.save(fresh, tmp_path / "ups", [stage])
     loaded = up.load_upscaler(out)
     assert torch.equal(loaded.unet.conv_in.weight, fresh.unet.conv_in.weight)
     assert "python -m helpers.upscaler pretrain" in (out / "README.md").read_text()

@@ -1,0 +1,99 @@
+"""Run the whole course: execute every notebook on the toy profile into ``outputs/``.
+
+    python -m helpers.course --output outputs        (what `make course` runs)
+
+Executed notebooks land in ``outputs/notebooks/``; the figures they save land in
+``outputs/figures/``. The committed notebooks are never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import time
+from pathlib import Path
+
+from helpers.core.errors import UsageError
+from helpers.core.paths import ROOT
+
+
+def notebooks(folder: Path = ROOT / "notebooks") -> list[Path]:
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _bar_text(state: dict, model_id: str) -> str | None:
+    """A tqdm widget's final frame as text: its left label, a full bar, its right label."""
+    model = state.get(model_id, {})
+    children = [state.get(c.removeprefix("IPY_MODEL_"), {}) for c in model.get("state", {}).get("children", [])]
+    if model.get("model_name") != "HBoxModel" or [c.get("model_name") for c in children] != [
+        "HTMLModel",
+        "FloatProgressModel",
+        "HTMLModel",
+    ]:
+        return None
+    left, bar, right = (c["state"] for c in children)
+    filled = round(10 * bar["value"] / bar["max"]) if bar.get("max") else 0
+    text = f"{left['value']}|{'█' * filled}{' ' * (10 - filled)}|{right['value']}"
+    return html.unescape(text).replace("\u2007", " ")
+
+
+INTERACTIVE = "(an interactive widget: run the notebook to use it)"
+
+
+def finish_widgets(nb) -> int:
+    """Give each widget's text fallback what a learner saw at the end; the number of bars rewritten.
+
+    A widget's text fallback is captured when it is first displayed ("0%| 0/300", or a repr such as
+    "VBox(children=(IntSlider(..."), and GitHub and most viewers show only that fallback. A progress
+    bar gets its final frame, read from the widget state saved in the notebook's metadata; any other
+    widget a line that says what it is."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    bars = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            if view:
+                text = _bar_text(state, view["model_id"])
+                out["data"]["text/plain"] = text or INTERACTIVE
+                bars += bool(text)
+    return bars
+
+
+def execute(notebook: Path, output: Path, timeout: int = 1800) -> float:
+    """Execute one notebook in a fresh kernel, from the notebooks folder; returns seconds taken."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(notebook, as_version=4)
+    start = time.perf_counter()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    ).execute()
+    finish_widgets(nb)
+    nbformat.write(nb, output / "notebooks" / notebook.name)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, default=ROOT / "outputs")
+    parser.add_argument("--only", default=None, help="run only notebooks whose name contains this text")
+    args = parser.parse_args(argv)
+    chosen = [nb for nb in notebooks() if args.only is None or args.only in nb.name]
+    if not chosen:
+        raise UsageError(f"no notebook matches {args.only!r}")
+    output = args.output.resolve()
+    (output / "notebooks").mkdir(parents=True, exist_ok=True)
+    os.environ["COURSE_OUTPUTS"] = str(output)
+    os.environ.setdefault("COURSE_PROFILE", "toy")
+    total = 0.0
+    for nb in chosen:
+        seconds = execute(nb, output)
+        total += seconds
+        print(f"{nb.name:45s} {seconds:7.1f} s")
+    print(f"{'all notebooks':45s} {total:7.1f} s -> {output}/notebooks, {output}/figures")

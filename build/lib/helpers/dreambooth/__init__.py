@@ -1,0 +1,1 @@
+"""DreamBooth: the trainer, its command line, class images for prior preservation, identifiers."""

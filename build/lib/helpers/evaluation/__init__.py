@@ -1,0 +1,1 @@
+"""Scoring images the DreamBooth paper's way: metrics, the evaluation command, photo scorers."""

@@ -1,0 +1,649 @@
+"""Pretrain the toy Stable Diffusion and the toy judge from scratch on the toy world.
+
+    python -m helpers.pretrain vae   --output data/toy-sd
+    python -m helpers.pretrain judge --output data/toy-judge --vae data/toy-sd/vae
+    python -m helpers.pretrain unet  --output data/toy-sd
+    python -m helpers.pretrain all   (VAE, UNet in two phases, judge: in order, with the defaults)
+
+The model's stages run in the order SD itself was built: an autoencoder first (so that diffusion
+happens in a small latent space), then the text encoder and UNet together on (latent, caption)
+pairs, first with SD 1.x's epsilon objective, then with v-prediction on a zero-terminal-SNR schedule
+(``helpers.toy.model`` says why). The judge needs only the autoencoder (it learns to read images as
+they come out of it). Every stage is seeded and resumable (``helpers.toy.stage_state``): killed and
+started again with the same command, it goes on from its last saved state, and a stage that is
+finished is skipped, so `all` started again goes on where it stopped. The model card
+written next to the weights records the exact command, seeds, steps and wall time of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel
+
+from helpers.core.atomic import replace_dir_atomic, save_torch_atomic, write_text_atomic
+from helpers.core.errors import UsageError
+from helpers.core.paths import DATA
+from helpers.core.runtime import configure_cpu
+from helpers.diffusion.losses import snr_weights
+from helpers.toy import judge as judge_mod
+from helpers.toy import model as toymodel
+from helpers.toy import tokenizer as toytokenizer
+from helpers.toy import world as toyworld
+from helpers.toy.stage_state import StageState
+from helpers.training.loop import denoising_target
+
+STAGES = "stages.json"  # every stage that produced the weights: command, seed, steps, time
+SAVE_EVERY_SECONDS = 300.0  # how often a stage saves its state (helpers.toy.stage_state)
+HELD_OUT_RENDERS = 512  # fresh renders behind the VAE's scaling factor and its PSNR on the card
+HELD_OUT_SEED = 9 * 10**8  # their first seed, far from every training batch's
+
+
+def _render_batch(seeds: range, names: dict) -> torch.Tensor:
+    images = [toyworld.render(toyworld.random_sample(s, names).scene, seed=s) for s in seeds]
+    return judge_mod.to_tensor(images)
+
+
+def _one_cycle(opt: torch.optim.Optimizer, lr: float | list[float], steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=steps, pct_start=0.05, anneal_strategy="cos", div_factor=10, final_div_factor=20
+    )
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def vae_stage_dir(output: Path) -> Path:
+    """Where the first stage leaves its VAE for the second (not part of the released model)."""
+    return output.with_name(f"{output.name}-vae-stage")
+
+
+def vae_loss(recon: torch.Tensor, x: torch.Tensor, posterior, mse_weight: float) -> torch.Tensor:
+    """L1 + weighted MSE + a tiny KL term, as SD's first stage (less its adversarial and perceptual terms).
+
+    A world of flat colours puts most of the squared error on the few pixels at edges; L1 alone
+    treats a smeared edge as a small error, MSE weighted ``mse_weight``-fold against it does not."""
+    return F.l1_loss(recon, x) + mse_weight * F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+
+
+def held_out_pass(
+    vae: AutoencoderKL, count: int = HELD_OUT_RENDERS, first_seed: int = HELD_OUT_SEED
+) -> tuple[float, torch.Tensor]:
+    """Encode ``count`` fresh renders to their latent means and decode them, once: the PSNR (dB,
+    pixels in [-1, 1]) of the round trip, and the latent means (their spread sets the scaling factor)."""
+    names = toyworld.named_instances()
+    errors, latents = [], []
+    with torch.no_grad():
+        for i in range(0, count, 128):
+            x = _render_batch(range(first_seed + i, first_seed + min(i + 128, count)), names)
+            latents.append(vae.encode(x).latent_dist.mean)
+            errors.append(F.mse_loss(vae.decode(latents[-1]).sample, x, reduction="sum"))
+    psnr = 10 * math.log10(4.0 / (sum(errors).item() / (count * 3 * toymodel.RESOLUTION**2)))
+    return psnr, torch.cat(latents)
+
+
+def vae_psnr(vae: AutoencoderKL, count: int = HELD_OUT_RENDERS, first_seed: int = HELD_OUT_SEED) -> float:
+    """PSNR (dB, pixels in [-1, 1]) of ``count`` fresh renders encoded to their latent means and decoded."""
+    return held_out_pass(vae, count, first_seed)[0]
+
+
+def train_vae(
+    stage: Path, steps: int, batch_size: int, seed: int, lr: float, mse_weight: float = 10.0, continued: bool = False
+) -> dict:
+    """Train the autoencoder on fresh renders (a new batch every step, a function of the step), from
+    scratch or, ``continued``, on from the VAE in ``stage`` (a second phase with its own schedule);
+    resumable: a killed run started again with the same settings goes on from its last state."""
+    torch.manual_seed(seed)
+    names = toyworld.named_instances()
+    if continued:
+        vae = AutoencoderKL.from_pretrained(stage)
+    else:
+        vae = toymodel.vae()
+        # Start the posterior's log-variance at -6 (std 0.05), as small as a trained SD VAE's: with the
+        # default 0 (std 1), sampled latents are as noisy as they are informative and the decoder
+        # learns to blur colours before the tiny KL weight lets the variance shrink.
+        with torch.no_grad():
+            vae.quant_conv.bias[vae.config.latent_channels :] = -6.0
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = _one_cycle(opt, lr, steps)
+    settings = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "learning_rate": lr,
+        "mse_weight": mse_weight,
+        "continued": continued,
+    }
+    state = StageState(
+        stage, settings, {"vae": vae, "optimizer": opt, "schedule": sched}, every_seconds=SAVE_EVERY_SECONDS
+    )
+    for step in (bar := tqdm(range(state.resume(), steps), desc="vae", initial=state.step, total=steps)):
+        base = seed * 10**6 + step * batch_size
+        x = _render_batch(range(base, base + batch_size), names)
+        posterior = vae.encode(x).latent_dist
+        loss = vae_loss(vae.decode(posterior.sample()).sample, x, posterior, mse_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        state.after_step(step + 1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval()
+    psnr, latents = held_out_pass(vae)
+    # SD rescales latents to unit variance before diffusion (0.18215 for SD 1.x); measure ours.
+    vae.register_to_config(scaling_factor=round(1.0 / latents.std().item(), 5))
+    vae.save_pretrained(stage, safe_serialization=True)
+    report = settings | {
+        "seconds": round(state.seconds(), 1),
+        "held_out_psnr_db": round(psnr, 2),
+        "scaling_factor": vae.config.scaling_factor,
+    }
+    state.clear()
+    return report
+
+
+# --------------------------------------------------------------------------- text encoder + UNet
+
+
+def encode_dataset(vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Render ``count`` captioned scenes and encode them to scaled latents once (SD caches nothing;
+    on a CPU, encoding every step would cost more than the UNet)."""
+    names = toyworld.named_instances()
+    latents, captions = [], []
+    for i in tqdm(range(0, count, 256), desc="encode dataset"):
+        seeds = range(seed * 10**7 + i, seed * 10**7 + min(i + 256, count))
+        samples = [toyworld.random_sample(s, names) for s in seeds]
+        x = judge_mod.to_tensor([toyworld.render(sm.scene, seed=s) for sm, s in zip(samples, seeds)])
+        with torch.no_grad():
+            latents.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
+        captions += [sm.caption for sm in samples]
+    return torch.cat(latents), captions
+
+
+def unet_stage_dir(output: Path) -> Path:
+    """Where the text encoder + UNet stage keeps its encoded dataset and its state while it runs."""
+    return output.with_name(f"{output.name}-unet-stage")
+
+
+def cached_dataset(work: Path, vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``encode_dataset``, kept in ``work`` so that a resumed stage does not encode it again."""
+    path = work / f"dataset-{seed}-{count}-{vae.config.scaling_factor}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        return saved["latents"], saved["captions"]
+    latents, captions = encode_dataset(vae, count, seed)
+    work.mkdir(parents=True, exist_ok=True)
+    save_torch_atomic({"latents": latents, "captions": captions}, path)
+    return latents, captions
+
+
+LAYOUT_PHRASES = tuple(toyworld.POSITION_PHRASES.values())
+LAYOUT_FROM_TIMESTEP = 800  # a layout batch's timesteps: the fifth of the schedule where the layout is decided
+
+
+def layout_indices(captions: list[str]) -> list[int]:
+    """The scenes whose caption says where the object is ("on the left"): what a layout batch draws from."""
+    return [i for i, caption in enumerate(captions) if any(p in caption for p in LAYOUT_PHRASES)]
+
+
+def draw_batch(
+    rng: random.Random, size: int, batch_size: int, layout: list[int], layout_fraction: float
+) -> tuple[torch.Tensor, int]:
+    """Indices of one batch, and how many at its end are a layout batch (drawn from ``layout``)."""
+    n_layout = round(batch_size * layout_fraction)
+    return torch.tensor(rng.sample(range(size), batch_size - n_layout) + rng.choices(layout, k=n_layout)), n_layout
+
+
+def draw_timesteps(batch_size: int, n_layout: int, num_train_timesteps: int) -> torch.Tensor:
+    """Uniform timesteps, except the last ``n_layout``: those from the highest noise levels only."""
+    t = torch.randint(0, num_train_timesteps, (batch_size,))
+    if n_layout:
+        t[batch_size - n_layout :] = torch.randint(LAYOUT_FROM_TIMESTEP, num_train_timesteps, (n_layout,))
+    return t
+
+
+def unet_loss(
+    pred: torch.Tensor, noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, snr_gamma: float = 5.0
+) -> torch.Tensor:
+    """Epsilon prediction with min-SNR weighting, as SD 1.x was trained; v-prediction with the plain MSE
+    (min-SNR would weight the highest noise levels, where a layout is decided, by their SNR: zero)."""
+    target = denoising_target(noise_scheduler, x0, noise, t)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return F.mse_loss(pred, target)
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * snr_weights(noise_scheduler, t, snr_gamma)).mean()
+
+
+def train_unet(
+    output: Path,
+    stage: Path,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    dataset_size: int,
+    lr: float,
+    init_from: Path | None = None,
+    prediction_type: str = "epsilon",
+    layout_fraction: float = 0.0,
+    text_encoder_lr: float | None = None,
+    weight_decay: float = 1e-2,
+    cfg_dropout: float = 0.1,
+) -> tuple[dict, Path]:
+    """Train text encoder and UNet jointly on cached latents; from scratch, or on from the weights of
+    ``init_from`` (a later phase, on fresh scenes). ``prediction_type`` picks the schedule and target
+    (``toymodel.SCHEDULES``); ``layout_fraction`` of every batch is a layout batch: scenes whose
+    caption names the object's place, at the highest noise levels only. A uniform batch puts a fifth
+    of its steps there and names a place in two captions of five; the words "left" and "right" then
+    steer too little of the loss for the text encoder to keep them apart.
+    Resumable: a killed run started again with the same command goes on from its last state."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tok_dir = Path(tempfile.mkdtemp(prefix="toy-tokenizer-"))
+    tokenizer = toytokenizer.build_tokenizer(tok_dir)
+    vae = AutoencoderKL.from_pretrained(stage).eval()
+    started, work = time.time(), unet_stage_dir(output)
+    latents, captions = cached_dataset(work, vae, dataset_size, seed)
+    layout = layout_indices(captions)
+    if layout_fraction and not layout:
+        raise UsageError(
+            f"none of the {len(captions)} captions names a place, so there is no layout batch to draw: "
+            "raise --dataset_size"
+        )
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    if init_from is None:
+        text_encoder, unet = toymodel.text_encoder(tokenizer), toymodel.unet()
+    else:
+        text_encoder = CLIPTextModel.from_pretrained(init_from, subfolder="text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(init_from, subfolder="unet")
+    noise_scheduler = toymodel.train_scheduler(prediction_type)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    text_encoder_lr = text_encoder_lr or lr
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(text_encoder.parameters()), "lr": text_encoder_lr},
+            {"params": list(unet.parameters()), "lr": lr},
+        ],
+        lr=lr,
+        weight_decay=weight_decay,
+    )
+    sched = _one_cycle(opt, [text_encoder_lr, lr], steps)
+    ema = EMAModel(params, decay=0.999, foreach=True)
+    settings = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "dataset_size": dataset_size,
+        "learning_rate": lr,
+        "text_encoder_lr": text_encoder_lr,
+        "weight_decay": weight_decay,
+        "prediction_type": prediction_type,
+        "layout_fraction": layout_fraction,
+        "init_from": str(init_from) if init_from else None,
+        "vae_scaling_factor": vae.config.scaling_factor,
+    }
+    state = StageState(
+        work,
+        settings,
+        {"text_encoder": text_encoder, "unet": unet, "optimizer": opt, "schedule": sched, "ema": ema},
+        rng=rng,
+        started=started,
+        every_seconds=SAVE_EVERY_SECONDS,
+    )
+    for step in (
+        bar := tqdm(range(state.resume(), steps), desc="text encoder + unet", initial=state.step, total=steps)
+    ):
+        idx, n_layout = draw_batch(rng, len(latents), batch_size, layout, layout_fraction)
+        batch_ids = ids[idx].clone()
+        batch_ids[torch.rand(batch_size) < cfg_dropout] = empty[0]
+        x0 = latents[idx]
+        noise = torch.randn_like(x0)
+        t = draw_timesteps(batch_size, n_layout, noise_scheduler.config.num_train_timesteps)
+        xt = noise_scheduler.add_noise(x0, noise, t)
+        loss = unet_loss(unet(xt, t, text_encoder(batch_ids)[0]).sample, noise_scheduler, x0, noise, t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.step(params)
+        state.after_step(step + 1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    ema.copy_to(params)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=toymodel.sample_scheduler(prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    build = output.with_name(f".{output.name}.build")
+    pipe.save_pretrained(build, safe_serialization=True)
+    report = {k: v for k, v in settings.items() if k != "vae_scaling_factor"} | {"seconds": round(state.seconds(), 1)}
+    state.clear()
+    return report, build
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def _stage_row(entry: dict) -> str:
+    r = entry["report"]
+    if entry["stage"] == "VAE":
+        notes = (
+            f"fresh renders, L1 + {r['mse_weight']:g} x MSE, peak lr {r['learning_rate']}, "
+            f"held-out PSNR {r['held_out_psnr_db']} dB, scaling factor {r['scaling_factor']}"
+            f"{', continued from the row above' if r['continued'] else ''}"
+        )
+    else:
+        loss = (
+            "v-prediction MSE on the zero-SNR schedule"
+            if r["prediction_type"] == "v_prediction"
+            else "epsilon prediction, min-SNR 5"
+        )
+        layout = f", {r['layout_fraction']:.0%} layout batches" if r["layout_fraction"] else ""
+        notes = (
+            f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']} "
+            f"(text encoder {r['text_encoder_lr']}), weight decay {r['weight_decay']:g}, {loss}{layout}, "
+            f"EMA 0.999, 10% empty captions{', continued from the row above' if r.get('init_from') else ''}"
+        )
+    return (
+        f"| {entry['stage']} | `{entry['command']}` | {r['steps']} | {r['batch_size']} | {r['seed']} | "
+        f"{r['seconds']} s | {notes} |"
+    )
+
+
+def _model_card(stages: list[dict]) -> str:
+    rows = "\n".join(_stage_row(e) for e in stages)
+    total = sum(e["report"]["seconds"] for e in stages)
+    return f"""---
+library_name: diffusers
+pipeline_tag: text-to-image
+tags: [stable-diffusion, toy, education]
+---
+# Toy Stable Diffusion (64x64, CPU)
+
+A real `StableDiffusionPipeline` (CLIPTokenizer with a toy-world BPE vocabulary, CLIPTextModel,
+AutoencoderKL 64x64 -> {toymodel.LATENT_CHANNELS}x16x16, UNet2DConditionModel, DDIM sampling with SD 1.x's betas
+rescaled to zero terminal SNR, v-prediction)
+pretrained from scratch on the course's procedural toy world. It exists so that every lesson,
+DreamBooth included, runs on a laptop CPU and in CI without a network.
+
+Produced by these commands, in this order (`python -m helpers.pretrain all` runs the same stages
+with the same settings, then the toy judge), {total / 60:.0f} minutes in all on a 2-core CPU. Each
+stage saves its state every five minutes: killed and started again, it goes on from there.
+
+| stage | command | steps | batch | seed | wall time | notes |
+|---|---|---|---|---|---|---|
+{rows}
+
+Load it offline with `StableDiffusionPipeline.from_pretrained("data/toy-sd")`.
+The training data are toy renders only; the model draws nothing but the toy world.
+"""
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m helpers.pretrain", description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=("judge", "vae", "unet", "all"))
+    parser.add_argument(
+        "--output", type=Path, default=None, help="output folder (default: data/toy-sd or data/toy-judge)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judge_steps", type=int, default=1200)
+    parser.add_argument(
+        "--vae",
+        type=Path,
+        default=DATA / "toy-sd" / "vae",
+        help="judge stage: the toy model's VAE, through which half its training images pass",
+    )
+    parser.add_argument("--vae_steps", type=int, default=5000)
+    parser.add_argument("--vae_batch_size", type=int, default=32)
+    parser.add_argument("--vae_learning_rate", type=float, default=2e-3)
+    parser.add_argument(
+        "--vae_mse_weight",
+        type=float,
+        default=10.0,
+        help="weight of the MSE term against L1 in the VAE's reconstruction loss",
+    )
+    parser.add_argument(
+        "--vae_continue",
+        action="store_true",
+        help="vae stage: go on from the VAE already in the stage folder (a second phase)",
+    )
+    parser.add_argument("--unet_steps", type=int, default=5000)
+    parser.add_argument("--unet_batch_size", type=int, default=64)
+    parser.add_argument("--dataset_size", type=int, default=80000)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--init_from", type=Path, default=None, help="unet stage: continue from this pipeline's text encoder and UNet"
+    )
+    parser.add_argument(
+        "--prediction_type",
+        choices=tuple(toymodel.SCHEDULES),
+        default="epsilon",
+        help="unet stage: epsilon on SD 1.x's schedule, or v on it rescaled to zero terminal SNR",
+    )
+    parser.add_argument(
+        "--layout_fraction",
+        type=float,
+        default=0.0,
+        help="unet stage: share of each batch drawn from captions that name a place, at high noise",
+    )
+    parser.add_argument(
+        "--text_encoder_lr",
+        type=float,
+        default=None,
+        help="unet stage: the text encoder's peak learning rate (default: --learning_rate)",
+    )
+    parser.add_argument("--weight_decay", type=float, default=1e-2)
+    return parser.parse_args(argv)
+
+
+VAE_CONTINUATIONS = 2  # phases after the first, each half as long as the one before, at half its learning rate
+
+
+def vae_continuation(flags: list[str], phase: int, seed: int, steps: int, learning_rate: float) -> list[str]:
+    """The VAE's ``phase``-th continuation in `all` (1, 2, ...): on from the VAE so far with fresh
+    renders (seed + phase), 3/5 of the first phase's steps and a quarter of its peak learning rate,
+    halved again for each later phase. Each schedule's warm-up and decay gains what one longer
+    schedule would, and keeps every phase under an hour on a 2-core CPU."""
+    halving = 2 ** (phase - 1)
+    return [
+        "vae",
+        "--vae_continue",
+        *flags,
+        "--seed",
+        str(seed + phase),
+        "--vae_steps",
+        str(steps * 3 // (5 * halving)),
+        "--vae_learning_rate",
+        f"{learning_rate / (4 * halving):g}",
+    ]
+
+
+def second_phase(flags: list[str], output: Path, seed: int, steps: int, learning_rate: float) -> list[str]:
+    """`all` runs the UNet stage twice, each phase under an hour on a 2-core CPU: from scratch with SD
+    1.x's epsilon objective, then on from those weights with fresh scenes (the next seed), 4/5 of the
+    steps, v-prediction on the zero-SNR schedule and half of every batch a layout batch
+    (``train_unet``). The text encoder keeps the first phase's peak learning rate, the UNet takes
+    3/10 of it, and nothing decays the weights: the text encoder relearns words the first phase let
+    collapse together ("left" and "right"), the UNet only adapts to its new target."""
+    return [
+        "unet",
+        "--init_from",
+        _shown(output),
+        *flags,
+        "--seed",
+        str(seed + 1),
+        "--unet_steps",
+        str(steps * 4 // 5),
+        "--learning_rate",
+        f"{learning_rate * 3 / 10:g}",
+        "--text_encoder_lr",
+        f"{learning_rate:g}",
+        "--weight_decay",
+        "0",
+        "--prediction_type",
+        "v_prediction",
+        "--layout_fraction",
+        "0.5",
+    ]
+
+
+def vae_stages(output: Path) -> list[dict]:
+    """The phases that made the VAE in ``output``'s stage folder, oldest first ([] before the first)."""
+    path = vae_stage_dir(output) / STAGES
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _vae_stage(output: Path, args: argparse.Namespace, command: str) -> None:
+    stage, done = vae_stage_dir(output), vae_stages(output)
+    if any(entry["command"] == command for entry in done):
+        print(f"the VAE in {stage} has had the phase `{command}` already; delete {stage / STAGES} to train it again")
+        return
+    if args.vae_continue and not done:
+        raise UsageError(f"no trained VAE in {stage} to continue: run `python -m helpers.pretrain vae` first")
+    report = train_vae(
+        stage,
+        args.vae_steps,
+        args.vae_batch_size,
+        args.seed,
+        args.vae_learning_rate,
+        args.vae_mse_weight,
+        continued=args.vae_continue,
+    )
+    entry = {"stage": "VAE", "command": command, "report": report}
+    write_text_atomic(stage / STAGES, json.dumps((done if args.vae_continue else []) + [entry], indent=2))
+    print(json.dumps(report))
+
+
+def _holds(output: Path, prefix: list[dict], command: str) -> bool:
+    """Whether the pipeline in ``output`` was made on top of ``prefix`` (its VAE's phases) by a chain
+    of stages that includes ``command``."""
+    path = output / STAGES
+    if not path.exists():
+        return False
+    held = json.loads(path.read_text())
+    return held[: len(prefix)] == prefix and any(entry["command"] == command for entry in held[len(prefix) :])
+
+
+def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
+    stage, prefix = vae_stage_dir(output), vae_stages(output)
+    if not prefix:
+        raise UsageError(f"no trained VAE in {stage}: run `python -m helpers.pretrain vae` first")
+    if args.init_from is not None:
+        stages = json.loads((args.init_from / STAGES).read_text())
+        if stages[: len(prefix)] != prefix:
+            raise UsageError(
+                f"{args.init_from} was trained on another VAE than {stage}'s: train its UNet stage "
+                "from scratch first (python -m helpers.pretrain unet)"
+            )
+    else:
+        stages = list(prefix)
+    if _holds(output, prefix, command):
+        print(f"{output} already holds the stage `{command}` on this VAE; delete {output / STAGES} to train it again")
+        return
+    report, build = train_unet(
+        output,
+        stage,
+        args.unet_steps,
+        args.unet_batch_size,
+        args.seed,
+        args.dataset_size,
+        args.learning_rate,
+        init_from=args.init_from,
+        prediction_type=args.prediction_type,
+        layout_fraction=args.layout_fraction,
+        text_encoder_lr=args.text_encoder_lr,
+        weight_decay=args.weight_decay,
+    )
+    stages.append({"stage": "text encoder + UNet", "command": command, "report": report})
+    write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
+    write_text_atomic(build / "README.md", _model_card(stages))
+    replace_dir_atomic(build, output)
+    shutil.rmtree(unet_stage_dir(output), ignore_errors=True)  # its cached dataset
+    print(json.dumps(report))
+
+
+def _judge_stage(output: Path, vae_dir: Path, args: argparse.Namespace, command: str) -> None:
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    print(json.dumps(judge_mod.train_judge(output, vae, steps=args.judge_steps, seed=args.seed, command=command)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
+    configure_cpu()
+    command = _command(argv)
+    if args.stage == "judge":
+        _judge_stage(args.output or DATA / "toy-judge", args.vae, args, command)
+        return
+    output = (args.output or DATA / "toy-sd").resolve()
+    if args.stage == "vae":
+        _vae_stage(output, args, command)
+    if args.stage == "unet":
+        _unet_stage(output, args, command)
+    if args.stage == "all":  # each stage skips itself once done, so `all` started again goes on where it stopped
+        for stage_argv in _all_stages([a for a in argv if a != "all"], output, args):
+            stage_args = _parse(stage_argv)
+            {"vae": _vae_stage, "unet": _unet_stage}[stage_args.stage](output, stage_args, _command(stage_argv))
+        judge_argv = _judge_argv(output, args)
+        judge_args = _parse(judge_argv)
+        _judge_stage(judge_args.output or DATA / "toy-judge", judge_args.vae, judge_args, _command(judge_argv))
+
+
+def _all_stages(flags: list[str], output: Path, args: argparse.Namespace) -> list[list[str]]:
+    """The commands `all` stands for, each as it would be typed (and as the model card records it)."""
+    continuations = [
+        vae_continuation(flags, phase, args.seed, args.vae_steps, args.vae_learning_rate)
+        for phase in range(1, VAE_CONTINUATIONS + 1)
+    ]
+    return [
+        ["vae", *flags],
+        *continuations,
+        ["unet", *flags],
+        second_phase(flags, output, args.seed, args.unet_steps, args.learning_rate),
+    ]
+
+
+def _judge_argv(output: Path, args: argparse.Namespace) -> list[str]:
+    """The judge after `all`: next to the model, reading its VAE; only the flags that differ are written."""
+    argv = ["judge"]
+    if output != DATA / "toy-sd":
+        argv += ["--output", _shown(output.with_name("toy-judge")), "--vae", _shown(output / "vae")]
+    for flag, value, default in (("--judge_steps", args.judge_steps, 1200), ("--seed", args.seed, 0)):
+        argv += [flag, str(value)] if value != default else []
+    return argv
+
+
+def _command(argv: list[str]) -> str:
+    return "python -m helpers.pretrain " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a command line would write it: relative to the working folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

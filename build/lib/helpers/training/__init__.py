@@ -1,0 +1,1 @@
+"""What every trainer shares: the loop (accelerate, checkpoints, resume), optimizers, memory estimates."""

@@ -1,0 +1,339 @@
+"""The loop that every trainer of the course shares: accelerate, optimizer steps, checkpoints, resume.
+
+DreamBooth (``helpers.dreambooth.trainer``) and ControlNet (``helpers.control.trainer``) differ in what they
+train and how one batch's loss is computed, not in how training is run. This module holds the
+part they share, written once:
+
+- accelerate's ``Accelerator`` (the same code on a CPU, one GPU, or ``accelerate launch`` /
+  ``torchrun`` data parallel), gradient accumulation and clipping;
+- atomic checkpoints (a kill during a save leaves the previous one usable), ``latest`` resume,
+  ``checkpoints_total_limit`` pruning, as diffusers' training scripts name them;
+- a loss history that survives a resume, read from the device once per logging interval;
+- a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from helpers.core.atomic import write_text_atomic
+from helpers.core.errors import UsageError
+from helpers.training.optim import make_optimizer, optimizer_state_bytes
+from helpers.training.settings import TrainerResult, TrainerSettings
+
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+HISTORY = "loss_history.json"
+
+# step_loss(step, micro) -> (loss to backpropagate, named parts to log)
+StepLoss = Callable[[int, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class LoopSettings:
+    """How to run the loop; the names are the flags of diffusers' training scripts."""
+
+    max_train_steps: int
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    logging_steps: int = 10
+    progress: bool = True
+    desc: str = "training"
+
+    @classmethod
+    def of(cls, settings: TrainerSettings, desc: str) -> "LoopSettings":
+        """The loop settings of a trainer's settings."""
+        return cls(
+            settings.max_train_steps,
+            settings.gradient_accumulation_steps,
+            settings.max_grad_norm,
+            settings.checkpointing_steps,
+            settings.checkpoints_total_limit,
+            settings.logging_steps,
+            settings.progress,
+            desc,
+        )
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of the frozen parts for ``--mixed_precision`` (half precision on a GPU halves their memory)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def make_lr_scheduler(settings: TrainerSettings, optimizer, accelerator):
+    """diffusers' get_scheduler, counted in optimizer steps of all processes, as its scripts do."""
+    from diffusers.optimization import get_scheduler
+
+    n = accelerator.num_processes
+    return get_scheduler(
+        settings.lr_scheduler,
+        optimizer,
+        num_warmup_steps=settings.lr_warmup_steps * n,
+        num_training_steps=settings.max_train_steps * n,
+    )
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """The generator of one micro-batch: every random draw depends only on (seed, step, micro, rank),
+    so a run resumed from a checkpoint continues exactly as if it had never stopped."""
+    return torch.Generator().manual_seed((((seed * 1_000_003 + step) * 97 + micro) * 1009 + rank) % (2**63 - 1))
+
+
+def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict: the noise, or the velocity for v-prediction models."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def make_accelerator(output_dir: Path, gradient_accumulation_steps: int, mixed_precision: str):
+    """An Accelerator for one run. accelerate keeps its settings in a process-wide singleton that refuses
+    a second mixed precision ("AcceleratorState has already been initialized"), which a learner meets
+    on re-running a notebook cell with another precision; the run's own settings are put in place
+    instead (the distributed state, set up by the launcher, is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import ProjectConfiguration
+
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+
+    # cpu=True is what makes accelerate pick MULTI_CPU (gloo) under torchrun on a machine without CUDA
+    return Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        project_config=ProjectConfiguration(project_dir=str(output_dir)),
+    )
+
+
+def finish(accelerator) -> None:
+    """End a run so that its models can go: trackers closed, and accelerate's own references to the
+    prepared models and optimizer dropped (it keeps them in lists, and a LoRA run's save hooks tie the
+    accelerator into a cycle that only the garbage collector would break)."""
+    accelerator.end_training()
+    accelerator.free_memory()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a ``.tmp`` folder left by a kill is not one)."""
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(output_dir).glob("checkpoint-*")
+        if (m := CHECKPOINT.fullmatch(p.name)) and p.is_dir()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        path = Path(output_dir) / resume  # diffusers' scripts name checkpoints relative to --output_dir
+    if not path.is_dir() or not CHECKPOINT.fullmatch(path.name):
+        raise UsageError(f"--resume_from_checkpoint {resume!r} is not a checkpoint-N folder; pass one or 'latest'")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None) -> Path:
+    """accelerator.save_state into a temporary folder, renamed when complete; old ones pruned after."""
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp))
+    write_text_atomic(tmp / "step.json", json.dumps({"step": step}))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if limit is not None:
+        for old in checkpoints(output_dir)[:-limit]:
+            shutil.rmtree(old)
+    return final
+
+
+def resume(accelerator, output_dir: Path, resume_from_checkpoint: str | None) -> int:
+    """Load the asked-for checkpoint into the prepared objects; the step to go on from (0: a new run)."""
+    found = resolve_resume(output_dir, resume_from_checkpoint)
+    if found is None:
+        if resume_from_checkpoint and accelerator.is_main_process:
+            print(f"no checkpoint in {output_dir}; starting a new run")
+        return 0
+    accelerator.load_state(str(found))
+    return int(CHECKPOINT.fullmatch(found.name).group(1))
+
+
+def load_history(output_dir: Path, start_step: int, name: str = HISTORY) -> list[dict]:
+    """Entries logged up to ``start_step`` by the run being resumed (none for a new run)."""
+    path = output_dir / name
+    if start_step and path.exists():
+        return [h for h in json.loads(path.read_text()) if h["step"] <= start_step]
+    return []
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_loop(
+    accelerator,
+    output_dir: Path,
+    trained: Sequence[torch.nn.Module],
+    optimizer,
+    lr_scheduler,
+    step_loss: StepLoss,
+    settings: LoopSettings,
+    start_step: int = 0,
+    after_step: Callable[[int], None] | None = None,
+) -> tuple[list[dict], float]:
+    """Train from ``start_step`` to ``settings.max_train_steps``; returns the loss history and the seconds spent.
+
+    ``after_step(done)`` runs on every process after each optimizer step (validation, sampling);
+    a checkpoint is saved every ``checkpointing_steps`` and the history written beside it.
+    """
+    acc, s = accelerator, settings
+    history = load_history(output_dir, start_step)
+    if acc.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    bar = tqdm(
+        range(start_step, s.max_train_steps),
+        initial=start_step,
+        total=s.max_train_steps,
+        desc=s.desc,
+        disable=not (s.progress and acc.is_local_main_process),
+    )
+    pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+    t0 = time.perf_counter()
+    for step in bar:
+        total, parts = None, {}
+        for micro in range(s.gradient_accumulation_steps):
+            with acc.accumulate(*trained):
+                loss, named = step_loss(step, micro)
+                total = loss.detach() if total is None else total + loss.detach()
+                parts = {k: v.detach() + parts.get(k, 0) for k, v in named.items()}
+                acc.backward(loss)
+                if acc.sync_gradients and s.max_grad_norm:
+                    acc.clip_grad_norm_(params, s.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        pending.append(
+            (total / s.gradient_accumulation_steps, {k: v / s.gradient_accumulation_steps for k, v in parts.items()})
+        )
+        done = step + 1
+        checkpoint_now = bool(s.checkpointing_steps) and done % s.checkpointing_steps == 0 and done < s.max_train_steps
+        if done % s.logging_steps == 0 or done == s.max_train_steps or checkpoint_now:
+            for k, (loss, named) in enumerate(pending):  # the only host sync: once per log interval
+                history.append(
+                    {"step": done - len(pending) + k + 1, "loss": loss.item()}
+                    | {name: v.item() for name, v in named.items()}
+                )
+            pending.clear()
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+        if after_step is not None:
+            after_step(done)
+        if checkpoint_now:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(acc, output_dir, done, s.checkpoints_total_limit)
+                write_text_atomic(output_dir / HISTORY, json.dumps(history))
+    seconds = time.perf_counter() - t0
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_text_atomic(output_dir / HISTORY, json.dumps(history))
+    return history, seconds
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+def fit(
+    accelerator,
+    settings: TrainerSettings,
+    output_dir: Path,
+    trained: Sequence[torch.nn.Module],
+    groups: list[dict],
+    step_loss: StepLoss,
+    desc: str,
+    on_prepared: Callable[[list[torch.nn.Module]], None],
+    before_loop: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> dict:
+    """The sequence both trainers run: optimizer and learning-rate schedule from the settings,
+    ``accelerate.prepare``, resume, the loop, peak memory. Returns the fields of a ``TrainerResult``.
+
+    ``on_prepared(models)`` receives the prepared models, in the order of ``trained``, before anything
+    else runs: ``step_loss`` must call those (under data parallel they are the wrappers that sync
+    gradients), and a LoRA run installs its adapters-only checkpoint hooks there.
+    ``before_loop(start_step)`` runs just before the first step (ControlNet's step-0 validation).
+    """
+    optimizer = make_optimizer(
+        groups,
+        settings.learning_rate,
+        settings.use_8bit_adam,
+        settings.allow_adamw_fallback,
+        weight_decay=settings.adam_weight_decay,
+    )
+    lr_scheduler = make_lr_scheduler(settings, optimizer, accelerator)
+    *models, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
+    on_prepared(models)
+    start_step = resume(accelerator, output_dir, settings.resume_from_checkpoint)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    cuda = accelerator.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    if before_loop is not None:
+        before_loop(start_step)
+    for model in models:
+        model.train()
+    history, seconds = run_loop(
+        accelerator,
+        output_dir,
+        models,
+        optimizer,
+        lr_scheduler,
+        step_loss,
+        LoopSettings.of(settings, desc),
+        start_step,
+        after_step,
+    )
+    ran = settings.max_train_steps - start_step
+    return dict(
+        output_dir=str(output_dir),
+        steps=settings.max_train_steps,
+        seconds=seconds,
+        steps_per_second=ran / seconds if seconds else 0.0,
+        history=history,
+        optimizer_state_bytes=optimizer_state_bytes(optimizer),
+        trainable_parameters=sum(p.numel() for g in groups for p in g["params"]),
+        peak_memory_bytes=torch.cuda.max_memory_allocated() if cuda else None,
+    )
+
+
+def write_result(output_dir: Path, result: TrainerResult, settings: TrainerSettings) -> None:
+    """``train_result.json``: the result without its loss history (``loss_history.json`` has it), and the settings."""
+    write_text_atomic(
+        output_dir / "train_result.json",
+        json.dumps(
+            {k: v for k, v in asdict(result).items() if k != "history"} | {"config": asdict(settings)}, indent=2
+        ),
+    )

@@ -1,0 +1,76 @@
+"""What every trainer of the course shares, declared once: its settings and the shape of its result.
+
+The DreamBooth trainer (``helpers.dreambooth.trainer``) and the ControlNet trainer (``helpers.control.trainer``)
+extend these. The names and defaults are those of diffusers' training scripts
+(``train_dreambooth.py``, ``train_controlnet.py``), so a learner's command line carries over; a
+field's ``help`` is its ``--flag``'s help (``helpers.core.cli.dataclass_parser``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from helpers.core.errors import UsageError
+
+
+def flag(default, help: str):
+    """A setting with a default and the help its ``--flag`` shows."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(kw_only=True)
+class TrainerSettings:
+    """The flags both trainers take."""
+
+    output_dir: str = field(metadata={"help": "where checkpoints, the loss history and the trained model go"})
+    pretrained_model_name_or_path: str = flag("toy", "toy, a local pipeline folder, or a hub id")
+    revision: str | None = flag(None, "the hub revision (branch, tag or commit) of the model")
+    variant: str | None = flag(
+        None, "load the weights of this variant, e.g. fp16 for *.fp16.safetensors (trained parts are float32 anyway)"
+    )
+    resolution: int | None = flag(None, "image size in pixels (default: the model's own)")
+    train_batch_size: int = 1
+    learning_rate: float = 5e-6
+    lr_scheduler: str = flag("constant", "a diffusers.optimization scheduler: constant, cosine, linear, ...")
+    lr_warmup_steps: int = 0
+    max_train_steps: int = 400
+    gradient_accumulation_steps: int = 1
+    use_8bit_adam: bool = flag(False, "bitsandbytes' 8-bit AdamW: a quarter of AdamW's optimizer memory")
+    allow_adamw_fallback: bool = flag(False, "with --use_8bit_adam, train with torch AdamW if bitsandbytes cannot load")
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = flag(False, "recompute activations in the backward pass: less memory, more time")
+    mixed_precision: str = flag("no", "no, fp16 (CUDA) or bf16")
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = flag(None, "a checkpoint-N folder or 'latest'")
+    logging_steps: int = 10
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> None:
+        """The checks every trainer's settings need; each failure is one line that says what to change."""
+        if self.max_train_steps < 1 or self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise UsageError(
+                "--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be at least 1"
+            )
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UsageError(f"--mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on a CPU use no (or bf16)")
+
+
+@dataclass(kw_only=True)
+class TrainerResult:
+    """What a run reports; ``train_result.json`` holds it, less the loss history, with the settings."""
+
+    output_dir: str
+    steps: int
+    seconds: float
+    steps_per_second: float
+    history: list[dict] = field(default_factory=list)
+    optimizer_state_bytes: int = 0
+    trainable_parameters: int = 0
+    peak_memory_bytes: int | None = None
