@@ -1,9 +1,12 @@
 """Where things are, defined once: the repository, its data folder, and the outputs folder.
 
-The outputs folder is the one setting notebooks and ``make course`` share: ``helpers.course.runner``
-runs every notebook with ``COURSE_OUTPUTS`` set to its ``--output``, and whatever a notebook
-writes (figures, fine-tunes, class images) goes below ``outputs()``. Without it, ``outputs/``
-at the repository's root.
+``make course`` (``helpers.course.runner``) passes two settings to the notebooks it runs, and this
+is where both are documented:
+
+- ``COURSE_OUTPUTS``: its ``--output``. Whatever a notebook writes (figures, fine-tunes, class
+  images) goes below ``outputs()``; without it, ``outputs/`` at the repository's root.
+- ``COURSE_PROFILE``: ``toy`` unless already set. ``helpers.diffusion.profiles.choose_profile``
+  reads it when a notebook's ``PROFILE`` is ``None``.
 """
 
 from __future__ import annotations
