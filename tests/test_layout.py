@@ -7,6 +7,7 @@ import importlib.util
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,24 +95,14 @@ def test_every_subpackage_uses_only_rows_below_its_own():
 
 
 def test_an_installed_copy_imports_every_module(tmp_path):
-    """``pip install .`` (not ``-e``) into a folder, then every module imported from there."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    """``pip install .`` (not ``-e``) into a folder, then every module imported from there. It installs
+    from a copy of the sources, so that the build leaves no ``build/`` folder in the repository."""
+    source, target = tmp_path / "source", tmp_path / "site"
+    shutil.copytree(ROOT / "helpers", source / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target"]
+    subprocess.run([*pip, str(target), str(source)], check=True, capture_output=True)
     script = (
         "import importlib, helpers; names = " + repr(MODULES) + "\n"
         "[importlib.import_module(n) for n in names]\nprint(helpers.__file__)"

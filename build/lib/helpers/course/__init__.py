@@ -1,1 +1,0 @@
-"""Running the course: every notebook into outputs/, and the notebooks' Colab setup cell."""

@@ -1,1 +1,0 @@
-"""Pipelines and diffusion basics: the two profiles, loading, latents, the noising process, losses, LoRA, generation."""

@@ -1,1 +1,0 @@
-"""DreamBooth: the trainer, its command line, class images for prior preservation, identifiers."""

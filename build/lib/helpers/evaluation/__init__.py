@@ -1,1 +1,0 @@
-"""Scoring images the DreamBooth paper's way: metrics, the evaluation command, photo scorers."""

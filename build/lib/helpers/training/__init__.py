@@ -1,1 +1,0 @@
-"""What every trainer shares: the loop (accelerate, checkpoints, resume), optimizers, memory estimates."""
