@@ -14,7 +14,7 @@ from helpers.dreambooth.trainer import TrainConfig, Trainer
 def main(subject: str, output: str, report: str) -> None:
     configure_cpu()
     writes: list[str] = []
-    real_write, real_save = loop_mod.write_text_atomic, Trainer._save_pipeline
+    real_write, real_save = loop_mod.write_text_atomic, Trainer._save_output
 
     def logged_write(path, text):
         writes.append(Path(path).name)
@@ -25,7 +25,7 @@ def main(subject: str, output: str, report: str) -> None:
         real_save(self)
 
     loop_mod.write_text_atomic = logged_write
-    Trainer._save_pipeline = logged_save
+    Trainer._save_output = logged_save
     trainer = Trainer(
         TrainConfig(
             instance_data_dir=subject,

@@ -20,9 +20,7 @@ On top of the reference:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from torch.nn import functional as F
 from helpers.control.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
 from helpers.control.dataset import DESCRIPTION, Entry, read_index
 from helpers.core.atomic import write_text_atomic
-from helpers.core.cli import train_main
+from helpers.core.cli import settings_command, train_main
 from helpers.core.errors import UsageError
 from helpers.core.runtime import release_device_memory
 from helpers.diffusion.latents import encode as encode_latents
@@ -45,6 +43,8 @@ from helpers.training.loop import (
     fit,
     load_history,
     make_accelerator,
+    pretrained_checkpoints,
+    resolve_resume,
     step_generator,
     weight_dtype,
     write_result,
@@ -115,8 +115,11 @@ class ControlNetTrainer:
         config.check()
         self.config = config
         self.output_dir = Path(config.output_dir)
+        resolve_resume(self.output_dir, config.resume_from_checkpoint)  # a wrong name fails before any loading
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
-        self.accelerator = make_accelerator(self.output_dir, config.gradient_accumulation_steps, config.mixed_precision)
+        self.accelerator = make_accelerator(
+            self.output_dir, config.gradient_accumulation_steps, config.mixed_precision, config.report_to
+        )
         self.entries = read_index(
             config.train_data_dir, config.image_column, config.conditioning_image_column, config.caption_column
         )[: config.max_train_samples]
@@ -209,6 +212,8 @@ class ControlNetTrainer:
 
         def on_prepared(models: list[torch.nn.Module]) -> None:
             self.controlnet, self.unet = models if cfg.unlock_unet_decoder else (models[0], self.unet)
+            names = ("controlnet", "unet")[: len(models)]  # checkpoint-N/controlnet loads with from_pretrained
+            pretrained_checkpoints(acc, {n: acc.unwrap_model(m) for n, m in zip(names, models)})
 
         report = fit(
             acc,
@@ -287,13 +292,7 @@ class ControlNetTrainer:
 
 def command_line(config: ControlNetConfig) -> str:
     """The ``python -m helpers.controlnet`` call with these settings (defaults left out)."""
-    words = ["python", "-m", "helpers.control.controlnet"]
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.name == "progress" or value == f.default:
-            continue
-        words += [f"--{f.name}"] if value is True else [f"--{f.name}", str(value)]
-    return shlex.join(words)
+    return settings_command("helpers.control.controlnet", config)
 
 
 def model_card(config: ControlNetConfig, result: ControlNetResult, device: str) -> str:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 
@@ -23,33 +26,41 @@ def _replace(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _temp_beside(path: Path) -> Path:
-    """A new empty temporary file in ``path``'s folder, so that the final rename stays on one filesystem."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+@contextmanager
+def _temp_beside(path: Path) -> Iterator[Path]:
+    """A new empty temporary file in ``path``'s folder (so that the final rename stays on one
+    filesystem), moved onto ``path`` when the block completes and removed when it fails."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = _temp_beside(path)
-    tmp.write_text(text, encoding="utf-8")
-    _replace(tmp, path)
+    with _temp_beside(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    path = Path(path)
-    tmp = _temp_beside(path)
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
-    _replace(tmp, path)
+    with _temp_beside(Path(path)) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def save_torch_atomic(obj, path: str | Path) -> None:
     """``torch.save`` that leaves either the old file or the complete new one (training states, caches)."""
+    with _temp_beside(Path(path)) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_image_atomic(image: Image.Image, path: str | Path) -> None:
+    """A PNG (or whatever the suffix names) that a reader never sees half written."""
     path = Path(path)
-    tmp = _temp_beside(path)
-    torch.save(obj, tmp)
-    _replace(tmp, path)
+    with _temp_beside(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
 
 
 def replace_dir_atomic(build: Path, target: Path) -> None:

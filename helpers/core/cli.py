@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -46,6 +47,18 @@ def dataclass_parser(config: type, prog: str, description: str) -> argparse.Argu
         kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
         parser.add_argument(flag, type=kind, required=required, default=None if required else f.default, help=help)
     return parser
+
+
+def settings_command(module: str, settings) -> str:
+    """The ``python -m module --flag value ...`` call that gives these settings (defaults left out),
+    for model cards: what a learner would type to make the same output again."""
+    words = ["python", "-m", module]
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in ("progress", "hub_token") or value == f.default:  # never a secret in a card
+            continue
+        words += [f"--{f.name}"] if value is True else [f"--{f.name}", str(value)]
+    return shlex.join(words)
 
 
 def train_main(config: type, train: Callable, prog: str, description: str, argv: list[str] | None = None) -> None:

@@ -56,6 +56,7 @@ def save_lora(
 ) -> None:
     """The adapters in diffusers' LoRA format, with a note of the base model they were trained on."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.training_utils import _collate_lora_metadata
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -65,7 +66,11 @@ def save_lora(
         return convert_state_dict_to_diffusers(get_peft_model_state_dict(model, save_embedding_layers=False))
 
     StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=layers(unet), text_encoder_lora_layers=layers(text_encoder), safe_serialization=True
+        folder,
+        unet_lora_layers=layers(unet),
+        text_encoder_lora_layers=layers(text_encoder),
+        safe_serialization=True,
+        **_collate_lora_metadata({"unet": unet, "text_encoder": text_encoder}),  # alpha: else read back as rank
     )
     write_text_atomic(
         folder / BASE, json.dumps({"base_model": base_model, "rank": rank, "alpha": alpha or rank}, indent=2)

@@ -27,22 +27,25 @@ def merge_rank_fraction(tokenizer, word: str) -> float | None:
     return max(0.0, (ids[0] - BYTE_SYMBOLS) / max(1, merges))
 
 
+FILLER = {"a", "an", "the", "photo", "picture", "of", "in", "on", "at", "with", "and"}
+
+
+def identifier_words(instance_prompt: str, class_prompt: str | None) -> list[str]:
+    """The identifier: every word of the instance prompt that is not in the class prompt and not a
+    filler word ("a photo of sks dog" with class prompt "a photo of dog" -> ["sks"]); without a class
+    prompt, the instance prompt's last word is taken as the class noun, as DreamBooth writes them."""
+    words = instance_prompt.lower().split()
+    class_words = set(class_prompt.lower().split()) if class_prompt else set(words[-1:])
+    return [w for w in words if w not in class_words and w not in FILLER]
+
+
 def identifier_warnings(
     tokenizer, instance_prompt: str, class_prompt: str | None, common_below: float = 0.33
 ) -> list[str]:
-    """Why the identifier may be a poor choice: a common word, or one that splits into many tokens.
-
-    The identifier is every word of the instance prompt that is not in the class prompt and not a
-    filler word ("a photo of sks dog" with class prompt "a photo of dog" -> "sks"); without a class
-    prompt, the instance prompt's last word is taken as the class noun, as DreamBooth writes them.
-    """
-    filler = {"a", "an", "the", "photo", "picture", "of", "in", "on", "at", "with", "and"}
-    words = instance_prompt.lower().split()
-    class_words = set(class_prompt.lower().split()) if class_prompt else set(words[-1:])
+    """Why the identifier (``identifier_words``) may be a poor choice: a common word, or one that
+    splits into many tokens."""
     out = []
-    for word in words:
-        if word in class_words or word in filler:
-            continue
+    for word in identifier_words(instance_prompt, class_prompt):
         rank = merge_rank_fraction(tokenizer, word)
         pieces = tokenizer.tokenize(word)
         if rank is not None and rank < common_below:

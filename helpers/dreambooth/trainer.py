@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from helpers.core.atomic import save_image_atomic, write_text_atomic
 from helpers.core.errors import UsageError
-from helpers.core.images import image_files, load_rgb
+from helpers.core.figures import image_grid
 from helpers.core.runtime import release_device_memory
+from helpers.diffusion.hub import check_push, push_folder
 from helpers.diffusion.latents import encode as encode_latents
 from helpers.diffusion.latents import preprocess, vae_scale_factor
 from helpers.diffusion.loading import check_float32, load_parts
@@ -41,15 +44,21 @@ from helpers.diffusion.lora import (
     load_lora,
     save_lora,
 )
+from helpers.diffusion.lora_export import export_kohya
 from helpers.diffusion.losses import dreambooth_loss
 from helpers.diffusion.noise import offset_noise
-from helpers.diffusion.profiles import resolve_model
+from helpers.diffusion.profiles import profile_for_model, resolve_model
+from helpers.dreambooth.card import CARD, model_card
 from helpers.dreambooth.identifiers import identifier_warnings
+from helpers.dreambooth.instances import load_instances
+from helpers.training import trackers
 from helpers.training.loop import (
     denoising_target,
     finish,
     fit,
     make_accelerator,
+    pretrained_checkpoints,
+    resolve_resume,
     step_generator,
     weight_dtype,
     write_result,
@@ -81,9 +90,18 @@ class TrainConfig(TrainerSettings):
     lora_alpha: float | None = flag(None, "LoRA scale numerator (default: --lora_rank, so the scale alpha/rank is 1)")
     snr_gamma: float | None = flag(None, "min-SNR weighting gamma (5.0 is the paper's choice)")
     offset_noise: bool = flag(False, "add 0.1 x per-channel offset noise")
-    validation_prompt: str | None = None
+    validation_prompt: str | None = flag(
+        None, "draw samples of this prompt every --validation_steps steps and after the last (into validation/)"
+    )
     num_validation_images: int = 4
+    validation_steps: int = flag(100, "how often the --validation_prompt samples are drawn")
     sample_batch_size: int = 8
+    output_kohya_format: bool = flag(
+        False, "with --lora_rank, also write the LoRA in kohya's format for A1111/ComfyUI (helpers.export_lora)"
+    )
+    push_to_hub: bool = flag(False, "upload the output folder, model card included, to the Hugging Face hub")
+    hub_model_id: str | None = flag(None, "the hub repository to push to (default: the output folder's name)")
+    hub_token: str | None = flag(None, "a hub token (default: the one `hf auth login` saved)")
 
     def check(self) -> None:
         """Bad settings end with one line that says what to change."""
@@ -98,29 +116,30 @@ class TrainConfig(TrainerSettings):
             )
         if not self.instance_prompt.strip():
             raise UsageError('--instance_prompt is empty: use something like "a photo of sks dog"')
+        if self.output_kohya_format and self.lora_rank is None:
+            raise UsageError("--output_kohya_format exports a LoRA: it needs --lora_rank")
+        if self.validation_steps < 1 or self.num_validation_images < 1:
+            raise UsageError(
+                f"--validation_steps and --num_validation_images must be at least 1 (got {self.validation_steps} "
+                f"and {self.num_validation_images}); to draw no samples, leave out --validation_prompt"
+            )
+
+
+VALIDATION = "validation"  # the folder of validation grids, one per step: validation/step-00100.png
+VALIDATION_INFERENCE_STEPS = 25  # as diffusers' DreamBooth script samples its validation images
 
 
 @dataclass(kw_only=True)
 class TrainResult(TrainerResult):
     class_images: dict | None = None
+    captioned_images: int = 0
+    validation_seconds: float = 0.0
+    validation_grids: list[str] = field(default_factory=list)
+    hub_url: str | None = None
 
 
-# --------------------------------------------------------------------------- data
-
-
-def load_instance_images(folder: str, resolution: int) -> list[Image.Image]:
-    """The subject photos, upright and RGB; small ones are upscaled with a warning that says so."""
-    images = []
-    for path in image_files(folder):
-        img = load_rgb(path)
-        if min(img.size) < resolution:
-            warnings.warn(
-                f"{path.name} is {img.size[0]}x{img.size[1]}, smaller than --resolution {resolution}: "
-                "it is upscaled, which blurs it; use photos at least that large",
-                stacklevel=2,
-            )
-        images.append(img)
-    return images
+def validation_grid(output_dir: Path, step: int) -> Path:
+    return Path(output_dir) / VALIDATION / f"step-{step:05d}.png"
 
 
 # --------------------------------------------------------------------------- the loop
@@ -133,8 +152,14 @@ class Trainer:
         config.check()
         self.config = config
         self.output_dir = Path(config.output_dir)
+        resolve_resume(self.output_dir, config.resume_from_checkpoint)  # a wrong name fails before any loading
+        if config.push_to_hub:
+            check_push(config.output_dir, config.hub_model_id, config.hub_token)
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
-        self.accelerator = make_accelerator(self.output_dir, config.gradient_accumulation_steps, config.mixed_precision)
+        self.accelerator = make_accelerator(
+            self.output_dir, config.gradient_accumulation_steps, config.mixed_precision, config.report_to
+        )
+        self.validation_seconds, self.validation_grids = 0.0, []
         self._pipe_factory = pipe_factory
         self._load_models()
 
@@ -165,6 +190,7 @@ class Trainer:
             if cfg.train_text_encoder:
                 self.text_encoder.gradient_checkpointing_enable()
         self.resolution = cfg.resolution or self.unet.config.sample_size * vae_scale_factor(self.vae.config)
+        self.guidance_scale = profile_for_model(cfg.pretrained_model_name_or_path).guidance_scale  # for validation
         for message in identifier_warnings(self.tokenizer, cfg.instance_prompt, cfg.class_prompt):
             warnings.warn(message, stacklevel=2)
 
@@ -200,20 +226,20 @@ class Trainer:
         release_device_memory()  # the sampling pipeline's own copy of the model is gone now
         return load_class_images(paths), report
 
-    def _encode_prompt(self, prompt: str) -> torch.Tensor:
-        ids = self.tokenizer(
-            [prompt],
+    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            prompts,
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.accelerator.device)
-        return ids
 
     # ----------------------------------------------------------------- training
     def train(self) -> TrainResult:
         cfg, acc = self.config, self.accelerator
-        instance_images = load_instance_images(cfg.instance_data_dir, self.resolution)
+        instances = load_instances(cfg.instance_data_dir, self.resolution, cfg.instance_prompt, cfg.class_prompt)
+        instance_images = instances.images
         class_imgs, class_report = self._class_images()
         augment = cfg.random_flip or not cfg.center_crop and any(im.size[0] != im.size[1] for im in instance_images)
         self.cached = not augment
@@ -221,8 +247,8 @@ class Trainer:
             self.instance_latents = encode_latents(self.vae, instance_images, self.resolution)
             self.class_latents = encode_latents(self.vae, class_imgs, self.resolution) if class_imgs else None
         self.instance_images, self.class_images_list = instance_images, class_imgs
-        instance_ids = self._encode_prompt(cfg.instance_prompt)
-        class_ids = self._encode_prompt(cfg.class_prompt) if cfg.with_prior_preservation else None
+        instance_ids = self._encode_prompts(instances.prompts)  # one row per photo: its caption or the prompt
+        class_ids = self._encode_prompts([cfg.class_prompt]) if cfg.with_prior_preservation else None
         if not cfg.train_text_encoder:
             with torch.no_grad():
                 self.instance_emb = self.text_encoder(instance_ids)[0]
@@ -244,23 +270,44 @@ class Trainer:
             self.unet, self.text_encoder = models if cfg.train_text_encoder else (models[0], self.text_encoder)
             if cfg.lora_rank:  # a LoRA run's checkpoints hold its adapters, not the whole UNet
                 adapters_only_checkpoints(acc, self._lora_base(), cfg.lora_rank, cfg.lora_alpha)
+            else:  # checkpoint-N/unet (and text_encoder/) load with from_pretrained
+                names = ("unet", "text_encoder")[: len(models)]
+                pretrained_checkpoints(acc, {n: acc.unwrap_model(m) for n, m in zip(names, models)})
 
-        report = fit(acc, cfg, self.output_dir, trained, groups, self._step_loss, "dreambooth", on_prepared)
+        out, step_loss, after_step = self.output_dir, self._step_loss, self._after_step
+        report = fit(acc, cfg, out, trained, groups, step_loss, "dreambooth", on_prepared, after_step=after_step)
         if acc.is_main_process:
-            self._save_pipeline()
-        result = TrainResult(**report, class_images=class_report)
+            self._save_output()
+        result = TrainResult(
+            **report,
+            class_images=class_report,
+            captioned_images=instances.captioned,
+            validation_seconds=self.validation_seconds,
+            validation_grids=[str(p) for p in self.validation_grids],
+        )
         if acc.is_main_process:
+            self._publish(result)
             write_result(self.output_dir, result, cfg)
         finish(acc)
         return result
+
+    def _publish(self, result: TrainResult) -> None:
+        """The model card beside the weights; the kohya export and the hub push when asked for."""
+        cfg = self.config
+        write_text_atomic(self.output_dir / CARD, str(model_card(cfg, result, self.output_dir)))
+        if cfg.output_kohya_format:
+            export_kohya(self.output_dir)
+        if cfg.push_to_hub:
+            result.hub_url = push_folder(self.output_dir, cfg.hub_model_id, cfg.hub_token)
 
     def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one micro-batch; every random draw comes from (seed, step, micro, rank)."""
         cfg, acc = self.config, self.accelerator
         gen = step_generator(cfg.seed, step, micro, acc.process_index)
         n = cfg.train_batch_size
-        latents = self._batch_latents(gen, n)
-        cond = self._batch_condition(n)
+        idx = torch.randint(0, len(self.instance_images), (n,), generator=gen)
+        latents = self._batch_latents(gen, idx)
+        cond = self._batch_condition(idx)
         noise = offset_noise(latents.shape, 0.1 if cfg.offset_noise else 0.0, gen)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
         latents, noise, timesteps = (t.to(acc.device) for t in (latents, noise, timesteps))
@@ -273,9 +320,9 @@ class Trainer:
         )
         return loss, {"instance_loss": instance, "prior_loss": prior}
 
-    def _batch_latents(self, gen: torch.Generator, n: int) -> torch.Tensor:
-        idx = torch.randint(0, len(self.instance_images), (n,), generator=gen)
-        cls_idx = torch.randint(0, max(1, len(self.class_images_list)), (n,), generator=gen)
+    def _batch_latents(self, gen: torch.Generator, idx: torch.Tensor) -> torch.Tensor:
+        """Latents of the photos ``idx``, then (with prior preservation) as many random class images."""
+        cls_idx = torch.randint(0, max(1, len(self.class_images_list)), (len(idx),), generator=gen)
         if self.cached:
             parts = [self.instance_latents[idx.to(self.instance_latents.device)]]
             if self.class_latents is not None:
@@ -294,13 +341,15 @@ class Trainer:
             )
         return (z.float() * self.vae.config.scaling_factor).cpu()
 
-    def _batch_condition(self, n: int) -> torch.Tensor:
+    def _batch_condition(self, idx: torch.Tensor) -> torch.Tensor:
+        """The prompts of the photos ``idx`` (each its caption or the instance prompt), then the class prompt's."""
+        n = len(idx)
         if self.config.train_text_encoder:
-            ids = [self.instance_ids.expand(n, -1)]
+            ids = [self.instance_ids[idx.to(self.instance_ids.device)]]
             if self.class_ids is not None:
                 ids.append(self.class_ids.expand(n, -1))
             return self.text_encoder(torch.cat(ids))[0]
-        parts = [self.instance_emb.expand(n, -1, -1)]
+        parts = [self.instance_emb[idx.to(self.instance_emb.device)]]
         if self.class_emb is not None:
             parts.append(self.class_emb.expand(n, -1, -1))
         return torch.cat(parts)
@@ -312,12 +361,15 @@ class Trainer:
             base = str(Path(base).resolve())  # a local base must still be found from another folder
         return base
 
-    def _save_pipeline(self) -> None:
+    # ----------------------------------------------------------------- output
+    def _save_output(self) -> None:
         """The fine-tuned pipeline, loadable with StableDiffusionPipeline.from_pretrained(output_dir);
-        with LoRA only the adapters, loadable with pipe.load_lora_weights(output_dir)."""
+        with LoRA only the adapters, loadable with pipe.load_lora_weights(output_dir). The last
+        validation grid is drawn from what was saved, unless the loop drew one at the last step."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         acc, cfg = self.accelerator, self.config
+        validate = cfg.validation_prompt and cfg.max_train_steps % cfg.validation_steps != 0
         if cfg.lora_rank:
             text_encoder = acc.unwrap_model(self.text_encoder) if cfg.train_text_encoder else None
             save_lora(
@@ -328,8 +380,8 @@ class Trainer:
                 cfg.lora_rank,
                 cfg.lora_alpha,
             )
-            if cfg.validation_prompt:
-                self._validate(load_lora(self._pipeline(), self.output_dir))
+            if validate:
+                self._validate(load_lora(self._pipeline(), self.output_dir), cfg.max_train_steps)
             return
         parts = {
             "unet": acc.unwrap_model(self.unet),
@@ -342,21 +394,63 @@ class Trainer:
         )
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.save_pretrained(self.output_dir, safe_serialization=True)
-        if self.config.validation_prompt:
-            self._validate(pipe)
+        if validate:
+            self._validate(pipe, cfg.max_train_steps)
 
-    def _validate(self, pipe) -> None:
-        from helpers.core.figures import image_grid
+    # ----------------------------------------------------------------- validation
+    def _after_step(self, done: int) -> None:
+        cfg = self.config
+        if cfg.validation_prompt and done % cfg.validation_steps == 0 and self.accelerator.is_main_process:
+            self._validate(self._live_pipeline(), done)
+
+    def _live_pipeline(self):
+        """A pipeline around the models being trained (no copy, no reload), sampling with DDIM."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        acc = self.accelerator
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=acc.unwrap_model(self.text_encoder),
+            tokenizer=self.tokenizer,
+            unet=acc.unwrap_model(self.unet),
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def _validate(self, pipe, step: int) -> None:
+        """Draw ``num_validation_images`` samples of the validation prompt with fixed seeds, in eval
+        mode and without gradients (the pipeline's own no_grad), at the run's precision; save their
+        grid as validation/step-N.png and log it. The models go back to training mode after."""
         from helpers.diffusion.generate import generate_images
 
+        cfg, acc = self.config, self.accelerator
+        started = time.perf_counter()
+        models = [pipe.unet, pipe.text_encoder]
+        modes = [m.training for m in models]
+        for model in models:
+            model.eval()
         pipe.set_progress_bar_config(disable=True)
-        images = generate_images(
-            pipe.to(self.accelerator.device),
-            self.config.validation_prompt,
-            self.config.num_validation_images,
-            seed=self.config.seed,
-        )
-        image_grid(images, len(images)).save(self.output_dir / "validation.png")
+        try:
+            with acc.autocast():
+                images = generate_images(
+                    pipe.to(acc.device),
+                    cfg.validation_prompt,
+                    cfg.num_validation_images,
+                    seed=cfg.seed,
+                    num_inference_steps=VALIDATION_INFERENCE_STEPS,
+                    guidance_scale=self.guidance_scale,
+                )
+        finally:
+            for model, mode in zip(models, modes):
+                model.train(mode)
+        path = validation_grid(self.output_dir, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image_atomic(image_grid(images, len(images)), path)
+        trackers.log_images(acc, "validation", images, step)
+        self.validation_grids.append(path)
+        self.validation_seconds += time.perf_counter() - started
 
 
 def train(config: TrainConfig, pipe_factory=None) -> TrainResult:

@@ -6,9 +6,12 @@ part they share, written once:
 
 - accelerate's ``Accelerator`` (the same code on a CPU, one GPU, or ``accelerate launch`` /
   ``torchrun`` data parallel), gradient accumulation and clipping;
-- atomic checkpoints (a kill during a save leaves the previous one usable), ``latest`` resume,
-  ``checkpoints_total_limit`` pruning, as diffusers' training scripts name them;
-- a loss history that survives a resume, read from the device once per logging interval;
+- atomic checkpoints (a kill during a save leaves the previous one usable) that behave as diffusers'
+  scripts' do: one every ``checkpointing_steps`` including the last step, ``checkpoints_total_limit``
+  pruning, ``--resume_from_checkpoint checkpoint-N`` (a folder under ``output_dir``) or ``latest``,
+  and each trained model saved in its own ``from_pretrained`` folder (``checkpoint-N/unet``);
+- a loss history that survives a resume, read from the device once per logging interval, and sent
+  to the ``--report_to`` trackers (``helpers.training.trackers``) with the learning rate;
 - a progress bar.
 """
 
@@ -28,8 +31,9 @@ from tqdm.auto import tqdm
 
 from helpers.core.atomic import write_text_atomic
 from helpers.core.errors import UsageError
+from helpers.training import trackers
 from helpers.training.optim import make_optimizer, optimizer_state_bytes
-from helpers.training.settings import TrainerResult, TrainerSettings
+from helpers.training.settings import TrainerResult, TrainerSettings, public_settings
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 HISTORY = "loss_history.json"
@@ -97,7 +101,7 @@ def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     return noise
 
 
-def make_accelerator(output_dir: Path, gradient_accumulation_steps: int, mixed_precision: str):
+def make_accelerator(output_dir: Path, gradient_accumulation_steps: int, mixed_precision: str, report_to: str = "none"):
     """An Accelerator for one run. accelerate keeps its settings in a process-wide singleton that refuses
     a second mixed precision ("AcceleratorState has already been initialized"), which a learner meets
     on re-running a notebook cell with another precision; the run's own settings are put in place
@@ -115,7 +119,10 @@ def make_accelerator(output_dir: Path, gradient_accumulation_steps: int, mixed_p
         gradient_accumulation_steps=gradient_accumulation_steps,
         mixed_precision=mixed_precision,
         cpu=not torch.cuda.is_available(),
-        project_config=ProjectConfiguration(project_dir=str(output_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(trackers.logging_dir(output_dir))
+        ),
+        log_with=trackers.log_with(report_to),
     )
 
 
@@ -141,16 +148,24 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 
 def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names: ``latest`` (None when there is none yet), or
+    ``checkpoint-N``, a folder under ``output_dir`` as in diffusers' scripts (a path to it works too)."""
     if resume is None:
         return None
+    found = checkpoints(output_dir)
     if resume == "latest":
-        found = checkpoints(output_dir)
         return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_dir():
-        path = Path(output_dir) / resume  # diffusers' scripts name checkpoints relative to --output_dir
-    if not path.is_dir() or not CHECKPOINT.fullmatch(path.name):
+    path = Path(output_dir) / Path(resume).name
+    if not CHECKPOINT.fullmatch(path.name):
         raise UsageError(f"--resume_from_checkpoint {resume!r} is not a checkpoint-N folder; pass one or 'latest'")
+    if Path(resume).parent != Path(".") and Path(resume).resolve() != path.resolve():
+        raise UsageError(
+            f"--resume_from_checkpoint {resume} is not in --output_dir {output_dir}: a run resumes from its own "
+            "checkpoints, so pass that folder as --output_dir"
+        )
+    if not path.is_dir():
+        have = ", ".join(p.name for p in found) or "none"
+        raise UsageError(f"--resume_from_checkpoint {resume}: no such checkpoint in {output_dir} (it has {have})")
     return path
 
 
@@ -168,6 +183,33 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None)
         for old in checkpoints(output_dir)[:-limit]:
             shutil.rmtree(old)
     return final
+
+
+def pretrained_checkpoints(accelerator, models: dict[str, torch.nn.Module]) -> None:
+    """Make ``save_state``/``load_state`` keep each trained model as a ``save_pretrained`` folder named
+    by its key (``checkpoint-N/unet``), as the save and load hooks of diffusers' scripts do: a
+    checkpoint is then a model a learner can load and sample (``UNet2DConditionModel.from_pretrained(
+    out, subfolder="checkpoint-400/unet")``), and the weights carry no data-parallel ``module.`` prefix."""
+
+    names = {id(m): name for name, m in models.items()}  # ids, not the models: the hooks outlive the run
+
+    def name_of(model: torch.nn.Module) -> str:
+        return names[id(accelerator.unwrap_model(model))]
+
+    def save(prepared: list, weights: list, output_dir: str) -> None:
+        for model in prepared:
+            accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / name_of(model), safe_serialization=True)
+        weights.clear()  # nothing else for accelerate to write
+
+    def load(prepared: list, input_dir: str) -> None:
+        while prepared:
+            model = accelerator.unwrap_model(prepared.pop())
+            saved = type(model).from_pretrained(input_dir, subfolder=name_of(model))
+            model.load_state_dict(saved.state_dict())
+            del saved
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
 
 
 def resume(accelerator, output_dir: Path, resume_from_checkpoint: str | None) -> int:
@@ -206,7 +248,8 @@ def run_loop(
     """Train from ``start_step`` to ``settings.max_train_steps``; returns the loss history and the seconds spent.
 
     ``after_step(done)`` runs on every process after each optimizer step (validation, sampling);
-    a checkpoint is saved every ``checkpointing_steps`` and the history written beside it.
+    a checkpoint is saved every ``checkpointing_steps``, the last step included (so that a run can be
+    looked at and continued from there), and the history written beside it.
     """
     acc, s = accelerator, settings
     history = load_history(output_dir, start_step)
@@ -220,7 +263,7 @@ def run_loop(
         desc=s.desc,
         disable=not (s.progress and acc.is_local_main_process),
     )
-    pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+    pending: list[tuple[torch.Tensor, dict[str, torch.Tensor], float]] = []
     t0 = time.perf_counter()
     for step in bar:
         total, parts = None, {}
@@ -236,16 +279,19 @@ def run_loop(
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
         pending.append(
-            (total / s.gradient_accumulation_steps, {k: v / s.gradient_accumulation_steps for k, v in parts.items()})
+            (
+                total / s.gradient_accumulation_steps,
+                {k: v / s.gradient_accumulation_steps for k, v in parts.items()},
+                lr_scheduler.get_last_lr()[0],
+            )
         )
         done = step + 1
-        checkpoint_now = bool(s.checkpointing_steps) and done % s.checkpointing_steps == 0 and done < s.max_train_steps
+        checkpoint_now = bool(s.checkpointing_steps) and done % s.checkpointing_steps == 0
         if done % s.logging_steps == 0 or done == s.max_train_steps or checkpoint_now:
-            for k, (loss, named) in enumerate(pending):  # the only host sync: once per log interval
-                history.append(
-                    {"step": done - len(pending) + k + 1, "loss": loss.item()}
-                    | {name: v.item() for name, v in named.items()}
-                )
+            for k, (loss, named, lr) in enumerate(pending):  # the only host sync: once per log interval
+                entry = {"loss": loss.item()} | {name: v.item() for name, v in named.items()} | {"lr": lr}
+                history.append({"step": done - len(pending) + k + 1} | entry)
+                acc.log(entry, step=history[-1]["step"])
             pending.clear()
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if after_step is not None:
@@ -284,10 +330,13 @@ def fit(
     else runs: ``step_loss`` must call those (under data parallel they are the wrappers that sync
     gradients), and a LoRA run installs its adapters-only checkpoint hooks there.
     ``before_loop(start_step)`` runs just before the first step (ControlNet's step-0 validation).
+    With ``--scale_lr`` every group's learning rate is multiplied by the samples of one optimizer step.
     """
+    scale = settings.learning_rate_scale(accelerator.num_processes)
+    groups = [group | {"lr": group["lr"] * scale} for group in groups]
     optimizer = make_optimizer(
         groups,
-        settings.learning_rate,
+        settings.learning_rate * scale,
         settings.use_8bit_adam,
         settings.allow_adamw_fallback,
         weight_decay=settings.adam_weight_decay,
@@ -296,6 +345,7 @@ def fit(
     *models, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
     on_prepared(models)
     start_step = resume(accelerator, output_dir, settings.resume_from_checkpoint)
+    trackers.start(accelerator, desc, public_settings(settings))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     cuda = accelerator.device.type == "cuda"
@@ -334,6 +384,7 @@ def write_result(output_dir: Path, result: TrainerResult, settings: TrainerSetti
     write_text_atomic(
         output_dir / "train_result.json",
         json.dumps(
-            {k: v for k, v in asdict(result).items() if k != "history"} | {"config": asdict(settings)}, indent=2
+            {k: v for k, v in asdict(result).items() if k != "history"} | {"config": public_settings(settings)},
+            indent=2,
         ),
     )

@@ -8,11 +8,12 @@ field's ``help`` is its ``--flag``'s help (``helpers.core.cli.dataclass_parser``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from helpers.core.errors import UsageError
+from helpers.training.trackers import check_report_to
 
 
 def flag(default, help: str):
@@ -33,6 +34,9 @@ class TrainerSettings:
     resolution: int | None = flag(None, "image size in pixels (default: the model's own)")
     train_batch_size: int = 1
     learning_rate: float = 5e-6
+    scale_lr: bool = flag(
+        False, "multiply the learning rate by batch size x accumulation steps x processes, as diffusers' scripts do"
+    )
     lr_scheduler: str = flag("constant", "a diffusers.optimization scheduler: constant, cosine, linear, ...")
     lr_warmup_steps: int = 0
     max_train_steps: int = 400
@@ -47,6 +51,7 @@ class TrainerSettings:
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = flag(None, "a checkpoint-N folder or 'latest'")
     logging_steps: int = 10
+    report_to: str = flag("none", "log losses, learning rate and samples to: tensorboard, wandb, ... (under logs/)")
     seed: int = 0
     progress: bool = True
 
@@ -60,6 +65,22 @@ class TrainerSettings:
             raise UsageError(f"--mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on a CPU use no (or bf16)")
+        check_report_to(self.report_to)
+
+    def learning_rate_scale(self, num_processes: int) -> int:
+        """What ``--scale_lr`` multiplies the learning rates by: the samples of one optimizer step
+        (diffusers' rule, so that a bigger batch takes proportionally bigger steps); 1 without it."""
+        if not self.scale_lr:
+            return 1
+        return self.train_batch_size * self.gradient_accumulation_steps * num_processes
+
+
+SECRETS = ("hub_token",)  # settings never written to a file or a tracker
+
+
+def public_settings(settings) -> dict:
+    """The settings as a dict, less any secret: what train_result.json and the trackers record."""
+    return {k: v for k, v in asdict(settings).items() if k not in SECRETS}
 
 
 @dataclass(kw_only=True)

@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 
 from helpers.core.errors import UsageError
 from helpers.toy import world as toyworld
-from helpers.training.loop import LoopSettings, finish, make_accelerator, resume, run_loop, step_generator
+from helpers.training.loop import (
+    LoopSettings,
+    finish,
+    make_accelerator,
+    pretrained_checkpoints,
+    resume,
+    run_loop,
+    step_generator,
+)
 from helpers.upscaler.model import HIGH, RESIDUAL_SCALE, ToyUpscalePipeline, condition, downsample, to_tensor
 
 MAX_BLUR, MAX_NOISE = 1.0, 0.04  # pretraining's conditioning augmentation: blur sigma (px), noise std
@@ -186,6 +194,7 @@ def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: Finetu
     acc = make_accelerator(output_dir, 1, "no")
     opt, sched = _optimizer(pipe.unet, config.learning_rate, config.max_train_steps)
     unet, opt, sched = acc.prepare(pipe.unet, opt, sched)
+    pretrained_checkpoints(acc, {"unet": acc.unwrap_model(unet)})
     start_step = resume(acc, output_dir, config.resume_from_checkpoint)
 
     def step_loss(step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

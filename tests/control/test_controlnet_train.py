@@ -274,7 +274,10 @@ def test_an_sd_shaped_run_in_bf16_with_every_memory_saving_keeps_float32_weights
         weights = load_file(str(saved / "diffusion_pytorch_model.safetensors"))
         assert {t.dtype for t in weights.values()} == {torch.float32}, saved
     assert load_controlnet(sd_run.out).config.conditioning_embedding_out_channels == SD_EMBEDDING
-    assert [p.name for p in checkpoints(sd_run.out)] == ["checkpoint-2"]  # the last step is the saved model
+    assert [p.name for p in checkpoints(sd_run.out)] == ["checkpoint-2", "checkpoint-4"]  # the last step too
+    controlnet = ControlNetModel.from_pretrained(sd_run.out, subfolder="checkpoint-4/controlnet")
+    saved = _weights(sd_run.out)
+    assert all(torch.equal(v, saved[k]) for k, v in controlnet.state_dict().items())
 
 
 def test_an_sd_shaped_run_resumed_after_a_kill_ends_with_the_same_weights(

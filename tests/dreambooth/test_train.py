@@ -7,14 +7,14 @@ import warnings
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file
 
 from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
 from helpers.diffusion.profiles import TOY_MODEL
-from helpers.dreambooth import trainer as train_mod
+from helpers.dreambooth.instances import load_instances
 from helpers.dreambooth.priors import PriorSettings, cache_status, class_data_dir, class_images
 from helpers.dreambooth.trainer import TrainConfig, Trainer, train
 from helpers.training.loop import checkpoints, resolve_resume
@@ -119,8 +119,8 @@ def test_a_kill_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, monkey
     monkeypatch.setattr(Accelerator, "save_state", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, max_train_steps=8, checkpointing_steps=2, resume_from_checkpoint="latest"))
-    assert resolve_resume(tmp_path, "latest").name == "checkpoint-2"
-    assert (tmp_path / ".checkpoint-4.tmp").exists()
+    assert resolve_resume(tmp_path, "latest").name == "checkpoint-4"  # the first run's last step
+    assert (tmp_path / ".checkpoint-6.tmp").exists()
 
 
 def test_checkpoints_total_limit_prunes_the_oldest(tmp_path):
@@ -155,7 +155,7 @@ def test_small_images_are_upscaled_with_a_warning(tmp_path):
     folder.mkdir()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "a.png")
     with pytest.warns(UserWarning, match="smaller than --resolution 64: it is upscaled"):
-        images = train_mod.load_instance_images(str(folder), 64)
+        images = load_instances(str(folder), 64, "a photo of sks dog", None).images
     assert images[0].size == (32, 32)
 
 
@@ -215,3 +215,8 @@ def test_two_processes_end_identical_and_only_rank_0_writes(tmp_path):
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert "pipeline" in ranks[0]["writes"] and ranks[1]["writes"] == []
     assert (tmp_path / "out" / "model_index.json").exists()
+    # the checkpoint holds the UNet itself, not DDP's wrapper: no "module." prefix, loads as a UNet
+    saved = load_file(str(tmp_path / "out" / "checkpoint-2" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert not any(k.startswith("module.") for k in saved)
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "out", subfolder="checkpoint-2/unet")
+    assert unet.config.sample_size == 16

@@ -1,0 +1,123 @@
+"""The model card written beside every DreamBooth and LoRA output (``README.md``, the hub's format).
+
+A folder of weights says nothing of how it was made. The card records what a learner needs to use
+the model and to make it again: the base model, the prompts, steps and learning rate, the exact
+command, the samples drawn during training, and, when the photos came from the DreamBooth paper's
+dataset, their licence and photographers. It is ``huggingface_hub``'s ``ModelCard``, so the hub
+shows it as the model's page when the folder is pushed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from helpers.core.cli import settings_command
+from helpers.core.paths import ROOT
+from helpers.dreambooth.identifiers import identifier_words
+
+DATASET = ROOT / "data" / "dreambooth"
+CARD = "README.md"
+LICENCES = {"toy": "apache-2.0", "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m"}
+
+
+def photo_credit(instance_data_dir: str) -> str | None:
+    """The licence and photographer of the DreamBooth dataset's photos, when they came from it."""
+    folder = Path(instance_data_dir).resolve()
+    if folder.parent != DATASET.resolve():
+        return None
+    blocks = (DATASET / "references_and_licenses.txt").read_text(encoding="utf-8").split("--")
+    block = next((b.strip() for b in blocks if b.strip().startswith(f"{folder.name}:")), "")
+    credit = next((line.strip("() ") for line in block.splitlines() if "credit" in line), "see the dataset's README")
+    return (
+        f"The photos are the `{folder.name}` subject of the DreamBooth dataset (Ruiz et al., 2023), licensed "
+        f"CC-BY-4.0 ({credit}); each photo's source is in `data/dreambooth/references_and_licenses.txt`."
+    )
+
+
+def _relative(path: str, folder: Path) -> str:
+    return Path(os.path.relpath(path, folder)).as_posix()
+
+
+def model_card(config, result, output_dir: Path):
+    """The ``ModelCard`` of a finished run (``config``: a TrainConfig, ``result``: its TrainResult)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = config.pretrained_model_name_or_path
+    lora = config.lora_rank is not None
+    samples = [_relative(p, output_dir) for p in result.validation_grids]
+    data = ModelCardData(
+        license=LICENCES.get(base),
+        base_model=base if base in LICENCES and base != "toy" else None,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=["text-to-image", "diffusers", "dreambooth"] + (["lora"] if lora else []),
+        instance_prompt=config.instance_prompt,
+        widget=[{"text": config.validation_prompt, "output": {"url": samples[-1]}}] if samples else None,
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n" + _body(config, result, samples))
+
+
+def _body(config, result, samples: list[str]) -> str:
+    base, lora = config.pretrained_model_name_or_path, config.lora_rank is not None
+    identifier = " ".join(identifier_words(config.instance_prompt, config.class_prompt)) or config.instance_prompt
+    kind = f"LoRA adapters (rank {config.lora_rank}, alpha {config.lora_alpha or config.lora_rank})" if lora else "A"
+    load = (
+        f'pipe = StableDiffusionPipeline.from_pretrained("{base}")\npipe.load_lora_weights("path/to/this/folder")'
+        if lora
+        else 'pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")'
+    )
+    rows = [
+        ("base model", f"`{base}`"),
+        ("instance prompt", f"`{config.instance_prompt}`"),
+        ("captions", f"{result.captioned_images} photos had their own caption file"),
+        ("class prompt", f"`{config.class_prompt}`" if config.with_prior_preservation else "none"),
+        ("prior preservation", f"weight {config.prior_loss_weight}" if config.with_prior_preservation else "off"),
+        ("steps", f"{result.steps}, batch {config.train_batch_size} x {config.gradient_accumulation_steps}"),
+        (
+            "learning rate",
+            f"{config.learning_rate:g} ({config.lr_scheduler})" + (", scaled" if config.scale_lr else ""),
+        ),
+        ("text encoder", "trained" if config.train_text_encoder else "frozen"),
+        ("seed", str(config.seed)),
+        ("training time", f"{result.seconds:.0f} s ({result.steps_per_second:.2f} steps/s)"),
+    ]
+    lines = [
+        f"# DreamBooth: `{identifier}` on `{base}`",
+        "",
+        f"{kind} DreamBooth fine-tune of `{base}` that draws the subject of its photos when a prompt names "
+        f"`{identifier}`, trained by the course's trainer (`helpers.dreambooth`).",
+        "",
+        "## Use it",
+        "",
+        "```python",
+        "from diffusers import StableDiffusionPipeline",
+        "",
+        load,
+        f'image = pipe("{config.instance_prompt}").images[0]',
+        "```",
+        "",
+        "## Training",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+        "Made by:",
+        "",
+        "```",
+        settings_command("helpers.dreambooth", config),
+        "```",
+        "",
+        "## Samples",
+        "",
+    ]
+    if samples:
+        lines += [f'"{config.validation_prompt}", seeds {config.seed} and on, by step:', ""]
+        lines += [f"![step {Path(p).stem.removeprefix('step-').lstrip('0')}]({p})" for p in samples]
+    else:
+        lines += ["None drawn: pass `--validation_prompt` (and `--validation_steps`) to draw some during training."]
+    credit = photo_credit(config.instance_data_dir)
+    if credit:
+        lines += ["", "## Photos", "", credit]
+    return "\n".join(lines) + "\n"
