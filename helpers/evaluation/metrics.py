@@ -13,12 +13,12 @@ from helpers.toy.judge import Verdict
 
 
 def prompt_fidelity(verdict: Verdict, wanted: dict[str, str | None]) -> dict[str, float]:
-    """Share of images whose judged class / colour is the one the prompt names.
+    """Share of images whose judged class / colour / background is the one the prompt names.
 
     ``prompt_fidelity`` averages, per image, the agreement over the attributes the prompt names,
     then over images, so it lies in [0, 1] like a CLIP-T score rescaled.
     """
-    named = [k for k in ("class", "colour") if wanted.get(k)]
+    named = [k for k in ("class", "colour", "background") if wanted.get(k)]
     if not named:
         raise ValueError("the prompt names no toy class or colour, so there is nothing to agree with")
     n = len(verdict.embeddings)

@@ -524,8 +524,11 @@ def random_sample(
     return Sample(scene, caption, size_word, position, name, labels)
 
 
+SUBJECT_BACKGROUNDS = ("plain", "grass", "room", "beach")  # the subject photos' scenes, in turn
+
+
 def subject_scenes(
-    instance: Instance, count: int, seed: int = 0, backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach")
+    instance: Instance, count: int, seed: int = 0, backgrounds: tuple[str, ...] = SUBJECT_BACKGROUNDS
 ) -> list[Scene]:
     """The same subject in new poses and scenes: what a learner photographs for DreamBooth."""
     rng = random.Random(seed)
@@ -540,7 +543,7 @@ def subject_views(
     instance: Instance,
     count: int,
     seed: int = 0,
-    backgrounds: tuple[str, ...] = ("plain", "grass", "room", "beach"),
+    backgrounds: tuple[str, ...] = SUBJECT_BACKGROUNDS,
     size: int = 64,
     detail: bool = False,
 ) -> list[Image.Image]:
@@ -574,9 +577,11 @@ def prompt_for(cls: str, colour: str | None = None, position: str | None = None)
 
 
 def parse_prompt(prompt: str) -> dict[str, str | None]:
-    """The class, colour and position a toy prompt asks for (None where it does not say)."""
+    """The class, colour, position and background a toy prompt asks for (None where it does not say)."""
     words = prompt.lower().replace(",", " ").split()
-    found = {"class": None, "colour": None, "position": None}
+    phrase = " ".join(words)
+    background = next((name for name, p in BACKGROUND_PHRASES.items() if p in phrase), None)
+    found = {"class": None, "colour": None, "position": None, "background": background}
     for w in words:
         if w in CLASSES and found["class"] is None:
             found["class"] = w
@@ -631,6 +636,16 @@ def class_scenes(cls: str, count: int, seed: int) -> list[Scene]:
 def class_views(cls: str, count: int, seed: int) -> list[Image.Image]:
     """Renders of `class_scenes`, to compare a class prompt's samples with."""
     return [render(scene, seed=seed * 1000 + k) for k, scene in enumerate(class_scenes(cls, count, seed))]
+
+
+def subject_captions(name: str, identifier: str) -> list[str]:
+    """A caption for each committed photo of a toy subject, as a learner would write one: the
+    identifier, the class and the scene it was photographed in ("a photo of sks dog in a room")."""
+    cls = SUBJECTS[name].cls
+    return [
+        f"a photo of {identifier} {cls} {BACKGROUND_PHRASES[SUBJECT_BACKGROUNDS[k % len(SUBJECT_BACKGROUNDS)]]}"
+        for k in range(SUBJECT_VIEWS[name])
+    ]
 
 
 def write_subjects(folder: str | Path, seed: int = 0) -> list[Path]:

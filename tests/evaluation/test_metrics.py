@@ -38,6 +38,11 @@ def test_prompt_fidelity_averages_named_attributes():
     assert only_class["prompt_fidelity"] == 0.75 and "colour_accuracy" not in only_class
     with pytest.raises(ValueError, match="names no toy class or colour"):
         metrics.prompt_fidelity(verdict, {"class": None, "colour": None})
+    snowy = Verdict(verdict.embeddings, verdict.labels | {"background": ["snow", "beach", "snow", "snow"]})
+    in_snow = metrics.prompt_fidelity(snowy, {"class": "dog", "colour": None, "background": "snow"})
+    assert in_snow["background_accuracy"] == 0.75 and in_snow["prompt_fidelity"] == pytest.approx(
+        (1 + 0.5 + 0.5 + 1) / 4
+    )
 
 
 def _gaussian(n: int, mean: list[float], std: list[float], seed: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ def test_caption_names_the_class_and_labels_match_the_instance():
         wanted = tw.parse_prompt(s.caption)
         assert wanted["class"] == inst.cls
         assert wanted["colour"] in (None, inst.colour)
+        assert wanted["background"] in (None, s.scene.background)
 
 
 def test_class_prompts_have_variety():
@@ -111,8 +112,14 @@ def test_parse_prompt():
         "class": "dog",
         "colour": "red",
         "position": "left",
+        "background": None,
     }
-    assert tw.parse_prompt("a photo of sks sunglasses") == {"class": "sunglasses", "colour": None, "position": None}
+    assert tw.parse_prompt("a photo of sks sunglasses in the snow") == {
+        "class": "sunglasses",
+        "colour": None,
+        "position": None,
+        "background": "snow",
+    }
 
 
 def test_emblems_appear_only_in_detailed_renders_and_only_inside_their_box():
@@ -174,5 +181,16 @@ def test_prompts_take_the_article_english_wants_and_parse_back():
     assert tw.prompt_for("dog") == "a photo of a dog"
     for cls in tw.CLASSES:
         for colour in tw.COLOUR_NAMES:
-            wanted = {"class": cls, "colour": colour, "position": "right"}
+            wanted = {"class": cls, "colour": colour, "position": "right", "background": None}
             assert tw.parse_prompt(tw.prompt_for(cls, colour, "right")) == wanted
+
+
+def test_subject_captions_name_the_scene_each_committed_photo_shows(judge):
+    from helpers.core.images import load_image_folder
+    from helpers.core.paths import ROOT
+    from helpers.toy.judge import judge_images
+
+    captions = tw.subject_captions("toy_dog", "sks")
+    assert captions[2] == "a photo of sks dog in a room" and len(captions) == 5
+    seen = judge_images(judge, load_image_folder(ROOT / "data" / "subjects" / "toy_dog")).labels["background"]
+    assert [tw.parse_prompt(c)["background"] for c in captions] == seen

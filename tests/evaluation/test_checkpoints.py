@@ -1,0 +1,67 @@
+"""Scoring a run's checkpoints: each loads as the model of its step, and the step to keep."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers.core.images import load_image_folder
+from helpers.core.paths import ROOT
+from helpers.dreambooth.trainer import TrainConfig, train
+from helpers.evaluation.checkpoints import checkpoint_steps, mean_rows, score_run, sweet_spot, with_checkpoint
+from helpers.evaluation.evaluate import toy_scorers
+
+SUBJECT = ROOT / "data" / "subjects" / "toy_dog"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(
+        TrainConfig(
+            instance_data_dir=str(SUBJECT),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(out),
+            max_train_steps=4,
+            learning_rate=1e-3,
+            checkpointing_steps=2,
+            train_text_encoder=True,
+            progress=False,
+        )
+    )
+    return out
+
+
+def test_a_checkpoint_swaps_in_its_own_unet_and_text_encoder_and_leaves_the_base_alone(run, toy_pipe):
+    before = {k: v.clone() for k, v in toy_pipe.unet.state_dict().items()}
+    assert checkpoint_steps(run) == [2, 4] and with_checkpoint(toy_pipe, run, 0) is toy_pipe
+    pipe = with_checkpoint(toy_pipe, run, 4)
+    final = load_file(str(run / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(v, final[k]) for k, v in pipe.unet.state_dict().items())
+    assert pipe.text_encoder is not toy_pipe.text_encoder and pipe.vae is toy_pipe.vae
+    assert all(torch.equal(v, before[k]) for k, v in toy_pipe.unet.state_dict().items())
+    step2 = with_checkpoint(toy_pipe, run, 2).unet.state_dict()
+    assert any(not torch.equal(step2[k], final[k]) for k in final)
+
+
+def test_every_checkpoint_is_scored_on_the_same_samples(run, toy_pipe):
+    prompts = {"instance": "a photo of sks dog", "class": "a photo of dog", "context": "a photo of sks dog in the snow"}
+    kw = dict(num_samples=2, seed=0, sample_kw=dict(num_inference_steps=2))
+    rows = score_run(toy_pipe, run, toy_scorers(), load_image_folder(SUBJECT), prompts, **kw)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert set(rows[0]) == {"step", "subject_fidelity", "pres", "div", "context_fidelity", "context_subject_fidelity"}
+    assert all(0 <= r["context_fidelity"] <= 1 and -1 <= r["subject_fidelity"] <= 1 for r in rows)
+
+
+def test_the_step_to_keep_is_the_best_subject_before_the_prompt_is_dropped():
+    rows = [
+        {"step": 0, "subject_fidelity": 0.70, "context_fidelity": 1.00},
+        {"step": 100, "subject_fidelity": 0.85, "context_fidelity": 0.96},
+        {"step": 200, "subject_fidelity": 0.86, "context_fidelity": 0.92},
+        {"step": 300, "subject_fidelity": 0.90, "context_fidelity": 0.60},  # overfitted: the prompt is ignored
+    ]
+    assert sweet_spot(rows) == 200 and sweet_spot(rows, keep=0.95) == 100
+    negative = [dict(r, context_fidelity=r["context_fidelity"] - 2) for r in rows]  # -1.0, -1.04, -1.08, -1.4
+    assert sweet_spot(negative) == 200  # within 10% of the best's size below it: the same steps qualify
+    mean = mean_rows([rows[:2], [dict(r, subject_fidelity=0.5) for r in rows[:2]]])
+    assert [r["step"] for r in mean] == [0, 100] and [r["context_fidelity"] for r in mean] == [1.0, 0.96]
+    assert [r["subject_fidelity"] for r in mean] == pytest.approx([0.6, 0.675])
