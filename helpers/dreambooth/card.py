@@ -14,6 +14,7 @@ from pathlib import Path
 
 from helpers.core.cli import settings_command
 from helpers.core.paths import ROOT
+from helpers.diffusion.profiles import TOY_MODEL
 from helpers.dreambooth.identifiers import identifier_words
 
 DATASET = ROOT / "data" / "dreambooth"
@@ -35,6 +36,13 @@ def photo_credit(instance_data_dir: str) -> str | None:
     )
 
 
+def base_name(base: str) -> str:
+    """How the card names the base model: ``toy`` for the embedded toy model however it was passed."""
+    if base != "toy" and Path(base).expanduser().resolve() == TOY_MODEL.resolve():
+        return "toy"
+    return base
+
+
 def _relative(path: str, folder: Path) -> str:
     return Path(os.path.relpath(path, folder)).as_posix()
 
@@ -43,7 +51,7 @@ def model_card(config, result, output_dir: Path):
     """The ``ModelCard`` of a finished run (``config``: a TrainConfig, ``result``: its TrainResult)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    base = config.pretrained_model_name_or_path
+    base = base_name(config.pretrained_model_name_or_path)
     lora = config.lora_rank is not None
     samples = [_relative(p, output_dir) for p in result.validation_grids]
     data = ModelCardData(
@@ -59,11 +67,12 @@ def model_card(config, result, output_dir: Path):
 
 
 def _body(config, result, samples: list[str]) -> str:
-    base, lora = config.pretrained_model_name_or_path, config.lora_rank is not None
+    base, lora = base_name(config.pretrained_model_name_or_path), config.lora_rank is not None
     identifier = " ".join(identifier_words(config.instance_prompt, config.class_prompt)) or config.instance_prompt
     kind = f"LoRA adapters (rank {config.lora_rank}, alpha {config.lora_alpha or config.lora_rank})" if lora else "A"
     load = (
-        f'pipe = StableDiffusionPipeline.from_pretrained("{base}")\npipe.load_lora_weights("path/to/this/folder")'
+        f'pipe = StableDiffusionPipeline.from_pretrained("{"data/toy-sd" if base == "toy" else base}")\n'
+        'pipe.load_lora_weights("path/to/this/folder")'
         if lora
         else 'pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")'
     )

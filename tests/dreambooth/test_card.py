@@ -6,7 +6,8 @@ from huggingface_hub import ModelCard
 from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
 from helpers.diffusion import hub
-from helpers.dreambooth.card import photo_credit
+from helpers.diffusion.profiles import TOY_MODEL
+from helpers.dreambooth.card import base_name, photo_credit
 from helpers.dreambooth.trainer import TrainConfig, train
 
 SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
@@ -38,6 +39,7 @@ def test_a_full_run_writes_a_card_with_its_settings_command_and_samples(tmp_path
     assert "![step 2](validation/step-00002.png)" in card.text and (tmp_path / "validation/step-00002.png").exists()
     assert "hf_secret" not in (tmp_path / "README.md").read_text()
     assert "hf_secret" not in (tmp_path / "train_result.json").read_text()
+    assert base_name(str(TOY_MODEL)) == "toy" and base_name("some/hub-model") == "some/hub-model"
 
 
 def test_a_lora_card_says_how_to_load_it_and_credits_the_datasets_photos(tmp_path):
