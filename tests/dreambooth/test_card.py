@@ -2,6 +2,7 @@
 
 import pytest
 from huggingface_hub import ModelCard
+from toy_dreambooth import SUBJECT, toy_config
 
 from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
@@ -10,21 +11,9 @@ from helpers.diffusion.profiles import TOY_MODEL
 from helpers.dreambooth.card import base_name, photo_credit
 from helpers.dreambooth.trainer import TrainConfig, train
 
-SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
-
 
 def _config(out, **kw) -> TrainConfig:
-    base = dict(
-        instance_data_dir=SUBJECT,
-        instance_prompt="a photo of sks dog",
-        output_dir=str(out),
-        max_train_steps=2,
-        learning_rate=1e-4,
-        progress=False,
-        checkpointing_steps=0,
-        seed=0,
-    )
-    return TrainConfig(**{**base, **kw})
+    return toy_config(out, **(dict(max_train_steps=2) | kw))
 
 
 def test_a_full_run_writes_a_card_with_its_settings_command_and_samples(tmp_path):

@@ -6,29 +6,17 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
+from toy_dreambooth import SUBJECT, toy_config
 from transformers import CLIPTextModel
 
 from helpers.core.cli import dataclass_parser
 from helpers.core.errors import UsageError
-from helpers.core.paths import ROOT
 from helpers.dreambooth.trainer import TrainConfig, train
 from helpers.training.loop import checkpoints
 
-SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
-
 
 def _config(out, **kw) -> TrainConfig:
-    base = dict(
-        instance_data_dir=SUBJECT,
-        instance_prompt="a photo of sks dog",
-        output_dir=str(out),
-        max_train_steps=4,
-        learning_rate=1e-4,
-        progress=False,
-        checkpointing_steps=2,
-        seed=0,
-    )
-    return TrainConfig(**{**base, **kw})
+    return toy_config(out, **(dict(max_train_steps=4, checkpointing_steps=2) | kw))
 
 
 def _unet(folder) -> dict:

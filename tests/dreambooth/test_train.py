@@ -10,6 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file
+from toy_dreambooth import SUBJECT, toy_config
 
 from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
@@ -20,21 +21,9 @@ from helpers.dreambooth.trainer import TrainConfig, Trainer, train
 from helpers.training.loop import checkpoints, resolve_resume
 from helpers.training.optim import make_optimizer, optimizer_state_bytes
 
-SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
-
 
 def _config(out, **kw) -> TrainConfig:
-    base = dict(
-        instance_data_dir=SUBJECT,
-        instance_prompt="a photo of sks dog",
-        output_dir=str(out),
-        max_train_steps=6,
-        learning_rate=1e-4,
-        progress=False,
-        checkpointing_steps=0,
-        seed=0,
-    )
-    return TrainConfig(**{**base, **kw})
+    return toy_config(out, **kw)
 
 
 def _unet(out) -> dict:

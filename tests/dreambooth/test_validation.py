@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
+from toy_dreambooth import toy_config
 
 from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
@@ -16,25 +17,12 @@ from helpers.dreambooth import trainer as trainer_mod
 from helpers.dreambooth.trainer import VALIDATION_INFERENCE_STEPS, TrainConfig, Trainer, train, validation_grid
 from helpers.training import trackers
 
-SUBJECT = str(ROOT / "data" / "subjects" / "toy_dog")
 PROMPT = "a photo of sks dog on the beach"
 
 
 def _config(out, **kw) -> TrainConfig:
-    base = dict(
-        instance_data_dir=SUBJECT,
-        instance_prompt="a photo of sks dog",
-        output_dir=str(out),
-        max_train_steps=4,
-        learning_rate=1e-4,
-        progress=False,
-        checkpointing_steps=0,
-        seed=0,
-        validation_prompt=PROMPT,
-        validation_steps=2,
-        num_validation_images=2,
-    )
-    return TrainConfig(**{**base, **kw})
+    settings = dict(max_train_steps=4, validation_prompt=PROMPT, validation_steps=2, num_validation_images=2)
+    return toy_config(out, **(settings | kw))
 
 
 def test_a_grid_per_validation_step_drawn_from_the_weights_of_that_step(tmp_path):
