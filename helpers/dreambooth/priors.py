@@ -2,13 +2,15 @@
 
 DreamBooth's prior-preservation loss needs a few hundred images of the class ("a photo of dog")
 drawn by the model *before* fine-tuning. Generating them is the slowest step of a DreamBooth run,
-so they are cached on disk next to a manifest of every setting that shaped them (model, prompt,
-seed, scheduler, steps, guidance, count, resolution). A re-run with the same settings reuses them;
-any change regenerates them: a cache is never silently reused for different settings.
+so they are cached on disk next to a manifest of every setting that shaped them (model and its
+weight files, prompt, seed, scheduler, steps, guidance, count, resolution). A re-run with the same
+settings reuses them; any change regenerates them: a cache is never silently reused for different
+settings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -20,6 +22,19 @@ from PIL import Image
 from helpers.core.atomic import replace_dir_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+
+
+def weights_fingerprint(model: str) -> str:
+    """A short hash of a local pipeline folder's weight files (name, size, modification time): a
+    folder retrained in place keeps its path, and class images drawn by its old weights must not be
+    reused. Cheap for SD 1.5's 5 GB (nothing is read); "" for a hub id, whose name is the version."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return ""
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    listing = [f"{f.relative_to(folder)} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files]
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -34,15 +49,17 @@ class PriorSettings:
     num_inference_steps: int = 50
     guidance_scale: float = 4.0
     resolution: int = 64
+    weights: str = ""  # weights_fingerprint(model)
 
     @classmethod
     def for_model(cls, model: str, prompt: str, count: int, seed: int = 0) -> "PriorSettings":
         """The settings the trainer uses for ``model``: its profile's sampler steps, guidance and size."""
         from helpers.diffusion.profiles import profile_for_model, resolve_model
 
-        profile = profile_for_model(model)
+        profile, resolved = profile_for_model(model), resolve_model(model)
         return cls(
-            model=resolve_model(model),
+            model=resolved,
+            weights=weights_fingerprint(resolved),
             prompt=prompt,
             count=count,
             seed=seed,

@@ -1,6 +1,7 @@
 """The DreamBooth trainer on the toy profile: real runs of a few steps each."""
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -166,6 +167,21 @@ def test_class_image_cache_is_reused_only_for_the_same_settings(tmp_path, toy_pi
     assert third["reused"] is False and len(calls) == 2
     (folder / "00001.png").unlink()
     assert cache_status(folder, changed) == "files missing"
+
+
+def test_class_images_of_a_model_retrained_in_place_are_drawn_again(tmp_path, toy_pipe):
+    model = tmp_path / "model"
+    toy_pipe.save_pretrained(model)
+    before = PriorSettings.for_model(str(model), "a photo of dog", 2)
+    assert before.weights == PriorSettings.for_model(str(model), "a photo of dog", 2).weights != ""
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten in place
+    after = PriorSettings.for_model(str(model), "a photo of dog", 2)
+    assert (after.model, after.weights != before.weights) == (before.model, True)
+    folder = tmp_path / "class"
+    class_images(folder, before, lambda: toy_pipe, progress=False)
+    assert cache_status(folder, after) == f"settings changed: weights {before.weights!r} -> {after.weights!r}"
+    assert PriorSettings.for_model("CompVis/stable-diffusion-v1-4", "a photo of dog", 2).weights == ""
 
 
 def test_each_seed_keeps_its_class_images_in_a_folder_of_its_own(tmp_path):

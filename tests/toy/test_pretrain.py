@@ -92,7 +92,7 @@ def test_all_records_each_stage_skips_what_is_done_and_draws_8_channel_latents(t
     out = tmp_path / "toy-sd"
     pretrain.main(["all", "--output", str(out), *TINY])
     stages = json.loads((out / pretrain.STAGES).read_text())
-    assert [s["stage"] for s in stages] == ["VAE"] * 3 + ["text encoder + UNet"] * 2
+    assert [s["stage"] for s in stages] == ["VAE"] * 3 + ["text encoder + UNet"] * 3
     assert stages[0]["command"] == f"python -m helpers.pretrain vae --output {out} " + " ".join(TINY)
     assert stages[1]["command"].startswith(f"python -m helpers.pretrain vae --vae_continue --output {out}")
     assert [(s["report"]["continued"], s["report"]["seed"]) for s in stages[:3]] == [(False, 0), (True, 1), (True, 2)]
@@ -107,6 +107,9 @@ def test_all_records_each_stage_skips_what_is_done_and_draws_8_channel_latents(t
     assert (stages[3]["report"]["prediction_type"], second["prediction_type"]) == ("epsilon", "v_prediction")
     assert (stages[3]["report"]["layout_fraction"], second["layout_fraction"]) == (0.0, 0.5)
     assert (stages[3]["report"]["steps"], stages[4]["report"]["steps"]) == (3, 2)
+    third = stages[5]["report"]
+    assert (third["seed"], third["steps"], third["layout_fraction"], third["object_weight"]) == (2, 1, 0.25, 4.0)
+    assert (stages[3]["report"]["object_weight"], second["object_weight"]) == (0.0, 0.0)
     card = (out / "README.md").read_text()
     assert all(f"`{s['command']}`" in card for s in stages) and "8x16x16" in card
     assert (tmp_path / "toy-judge" / "judge.safetensors").exists()
@@ -115,7 +118,7 @@ def test_all_records_each_stage_skips_what_is_done_and_draws_8_channel_latents(t
     capsys.readouterr()
     pretrain.main(["all", "--output", str(out), *TINY])
     said = capsys.readouterr().out
-    assert said.count("has had the phase") == 3 and said.count("already holds the stage") == 2
+    assert said.count("has had the phase") == 3 and said.count("already holds the stage") == 3
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
 
     pipe = StableDiffusionPipeline.from_pretrained(out)
@@ -144,6 +147,27 @@ def test_the_unet_phases_of_all_are_the_commands_on_the_card():
     )
 
 
+def test_the_third_unet_phase_weights_the_objects():
+    assert " ".join(pretrain.third_phase([], pretrain.DATA / "toy-sd", 0, 5000, 1e-3)).endswith(
+        "toy-sd --seed 2 --unet_steps 2000 --learning_rate 0.0001 --text_encoder_lr 0.0003 --weight_decay 0 "
+        "--prediction_type v_prediction --layout_fraction 0.25 --object_weight 4"
+    )
+
+
+def test_object_coverage_is_the_share_of_each_latent_patch_an_object_covers():
+    from helpers.toy import world
+
+    scene = world.Scene((world.Placed(world.Instance("cat", "white", "red", "plain"), 0.5, 0.6, 0.4),), "snow")
+    image, labels = world.render_with_mask(scene, seed=3)
+    coverage = pretrain.object_coverage([labels, labels * 0], 4)
+    assert coverage.shape == (2, 1, 16, 16) and coverage[1].max() == 0
+    assert torch.isclose(coverage[0].mean(), torch.tensor((labels > 0).mean(), dtype=torch.float32))
+    assert coverage[0, 0, 4, 4] == float((labels[16:20, 16:20] > 0).mean())
+    weights = pretrain.object_weights(coverage, 4.0)
+    assert weights[1].eq(1).all() and weights[0].max() == 5.0
+    assert (weights[0] > 1).sum() > (coverage[0] > 0).sum()  # widened by one latent pixel
+
+
 def test_a_layout_batch_names_a_place_and_sits_at_the_highest_noise_levels():
     import random
 
@@ -169,6 +193,18 @@ def test_the_unet_loss_is_min_snr_epsilon_or_plain_v(prediction_type):
     else:
         want = ((pred - (a.sqrt() * noise - (1 - a).sqrt() * x0)) ** 2).mean()
     assert torch.allclose(pretrain.unet_loss(pred, sched, x0, noise, t), want, atol=1e-6)
+    assert torch.allclose(pretrain.unet_loss(pred, sched, x0, noise, t, weights=torch.full((3, 1, 4, 4), 3.0)), want)
+
+
+def test_weighted_pixels_count_that_many_times_in_their_samples_mean():
+    sched = toymodel.train_scheduler("v_prediction")
+    x0, noise, t = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), torch.tensor([500])
+    pred = torch.zeros(1, 2, 2, 2)
+    pred[0, :, 0, 0] = 1.0  # the only error: one pixel, both channels
+    weights = torch.ones(1, 1, 2, 2)
+    weights[0, 0, 0, 0] = 5.0
+    # squared errors 1 on the weighted pixel's 2 values, 0 elsewhere: (5 * 2) / (2 * (5 + 1 + 1 + 1))
+    assert torch.isclose(pretrain.unet_loss(pred, sched, x0, noise, t, weights=weights), torch.tensor(10 / 16))
 
 
 def test_a_second_phase_on_another_vae_is_one_clear_line(tmp_path):
