@@ -292,7 +292,7 @@ class ControlNetTrainer:
 
 def command_line(config: ControlNetConfig) -> str:
     """The ``python -m helpers.controlnet`` call with these settings (defaults left out)."""
-    return settings_command("helpers.control.controlnet", config)
+    return settings_command("helpers.controlnet", config)
 
 
 def model_card(config: ControlNetConfig, result: ControlNetResult, device: str) -> str:

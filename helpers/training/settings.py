@@ -65,6 +65,12 @@ class TrainerSettings:
             raise UsageError(f"--mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on a CPU use no (or bf16)")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            near = max(8, round(self.resolution / 8) * 8)
+            raise UsageError(
+                f"--resolution {self.resolution} is not a multiple of 8, which Stable Diffusion's pipelines "
+                f"need to draw class images and samples: use {near}"
+            )
         check_report_to(self.report_to)
 
     def learning_rate_scale(self, num_processes: int) -> int:

@@ -203,6 +203,7 @@ def test_the_model_card_gives_the_commands_that_reproduce_the_folder(data_dir, t
     card = (tmp_path / "README.md").read_text()
     command = command_line(config)
     assert command in card and "--use_8bit_adam" in command and "--learning_rate 0.001" in command
+    assert command.startswith("python -m helpers.controlnet ")  # the module a learner can run
     assert "python -m helpers.control_data --output" in card and "--count 12" in card
     parser = dataclass_parser(ControlNetConfig, "python -m helpers.controlnet", "")
     assert ControlNetConfig(**vars(parser.parse_args(shlex.split(command)[3:] + ["--no_progress"]))) == config

@@ -127,6 +127,8 @@ def test_bad_settings_get_one_clear_line(tmp_path):
         train(_config(tmp_path, resume_from_checkpoint=str(tmp_path)))
     with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
         Trainer(_config(tmp_path, mixed_precision="fp16"))
+    with pytest.raises(UsageError, match="--resolution 60 is not a multiple of 8, .*: use 64$"):
+        Trainer(_config(tmp_path, resolution=60))
 
 
 def test_identifier_warnings(tmp_path):
