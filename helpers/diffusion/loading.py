@@ -31,14 +31,15 @@ DINO_MODEL = "facebook/dino-vits16"
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files under a local pipeline folder, every part and variant."""
     return [p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
 
 
 def _variants(folder: Path) -> set[str]:
     """The variants whose weights a local pipeline folder holds ("" for plain file names)."""
     found = set()
-    for p in _weight_files(folder):
+    for p in weight_files(folder):
         stem = p.name[: -len(p.suffix)]
         parts = stem.rsplit(".", 1)
         found.add(parts[1] if len(parts) == 2 else "")

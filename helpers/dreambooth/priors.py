@@ -20,9 +20,9 @@ from pathlib import Path
 from PIL import Image
 
 from helpers.core.atomic import replace_dir_atomic, write_text_atomic
+from helpers.diffusion.loading import weight_files
 
 MANIFEST = "manifest.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 
 
 def weights_fingerprint(model: str) -> str:
@@ -32,7 +32,7 @@ def weights_fingerprint(model: str) -> str:
     folder = Path(model)
     if not folder.is_dir():
         return ""
-    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    files = sorted(weight_files(folder))
     listing = [f"{f.relative_to(folder)} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files]
     return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
 

@@ -41,6 +41,7 @@ from helpers.core.atomic import replace_dir_atomic, save_torch_atomic, write_tex
 from helpers.core.errors import UsageError
 from helpers.core.paths import DATA
 from helpers.core.runtime import configure_cpu
+from helpers.diffusion.latents import vae_scale_factor
 from helpers.diffusion.losses import snr_weights
 from helpers.toy import judge as judge_mod
 from helpers.toy import model as toymodel
@@ -174,7 +175,7 @@ def encode_dataset(vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Ten
     on a CPU, encoding every step would cost more than the UNet), with each latent's object
     coverage (``object_coverage``)."""
     names = toyworld.named_instances()
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(vae.config)
     latents, captions, coverage = [], [], []
     for i in tqdm(range(0, count, 256), desc="encode dataset"):
         seeds = range(seed * 10**7 + i, seed * 10**7 + min(i + 256, count))
@@ -529,6 +530,32 @@ def vae_continuation(flags: list[str], phase: int, seed: int, steps: int, learni
     ]
 
 
+def _continued_phase(
+    flags: list[str], output: Path, seed: int, steps: int, learning_rate: float, text_encoder_lr: float, *rest: str
+) -> list[str]:
+    """A UNet phase of `all` that goes on from the weights in ``output`` with fresh scenes (``seed``):
+    v-prediction on the zero-SNR schedule, no weight decay, and ``rest`` (the phase's own flags)."""
+    return [
+        "unet",
+        "--init_from",
+        _shown(output),
+        *flags,
+        "--seed",
+        str(seed),
+        "--unet_steps",
+        str(steps),
+        "--learning_rate",
+        f"{learning_rate:g}",
+        "--text_encoder_lr",
+        f"{text_encoder_lr:g}",
+        "--weight_decay",
+        "0",
+        "--prediction_type",
+        "v_prediction",
+        *rest,
+    ]
+
+
 def second_phase(flags: list[str], output: Path, seed: int, steps: int, learning_rate: float) -> list[str]:
     """`all` runs the UNet stage twice, each phase under an hour on a 2-core CPU: from scratch with SD
     1.x's epsilon objective, then on from those weights with fresh scenes (the next seed), 4/5 of the
@@ -536,26 +563,9 @@ def second_phase(flags: list[str], output: Path, seed: int, steps: int, learning
     (``train_unet``). The text encoder keeps the first phase's peak learning rate, the UNet takes
     3/10 of it, and nothing decays the weights: the text encoder relearns words the first phase let
     collapse together ("left" and "right"), the UNet only adapts to its new target."""
-    return [
-        "unet",
-        "--init_from",
-        _shown(output),
-        *flags,
-        "--seed",
-        str(seed + 1),
-        "--unet_steps",
-        str(steps * 4 // 5),
-        "--learning_rate",
-        f"{learning_rate * 3 / 10:g}",
-        "--text_encoder_lr",
-        f"{learning_rate:g}",
-        "--weight_decay",
-        "0",
-        "--prediction_type",
-        "v_prediction",
-        "--layout_fraction",
-        "0.5",
-    ]
+    return _continued_phase(
+        flags, output, seed + 1, steps * 4 // 5, learning_rate * 3 / 10, learning_rate, "--layout_fraction", "0.5"
+    )
 
 
 def third_phase(flags: list[str], output: Path, seed: int, steps: int, learning_rate: float) -> list[str]:
@@ -563,28 +573,18 @@ def third_phase(flags: list[str], output: Path, seed: int, steps: int, learning_
     first phase's steps at a tenth of its learning rate (the text encoder at 3/10), a quarter of
     every batch a layout batch, and the objects' latent pixels weighted five times the background's
     (``object_weights``): the phases before draw a white cat on a pale ground as a faint blob."""
-    return [
-        "unet",
-        "--init_from",
-        _shown(output),
-        *flags,
-        "--seed",
-        str(seed + 2),
-        "--unet_steps",
-        str(steps * 2 // 5),
-        "--learning_rate",
-        f"{learning_rate / 10:g}",
-        "--text_encoder_lr",
-        f"{learning_rate * 3 / 10:g}",
-        "--weight_decay",
-        "0",
-        "--prediction_type",
-        "v_prediction",
+    return _continued_phase(
+        flags,
+        output,
+        seed + 2,
+        steps * 2 // 5,
+        learning_rate / 10,
+        learning_rate * 3 / 10,
         "--layout_fraction",
         "0.25",
         "--object_weight",
         "4",
-    ]
+    )
 
 
 def vae_stages(output: Path) -> list[dict]:
