@@ -73,6 +73,24 @@ def run_tool():
     return run
 
 
+@pytest.fixture
+def one_line_error(capsys):
+    """``one_line_error(main, argv)``: run a command's ``main(argv)`` in-process as ``run_main`` does, check
+    that it exits with status 2 and a single ``error:`` line (no traceback, no argparse usage), return it."""
+    from helpers.core.cli import run_main
+
+    def run(main, argv: list[str]) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            run_main(lambda: main(argv))
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+        return lines[0]
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def sd_folders(tmp_path_factory):
     """The SD 1.x-shaped pipeline of ``tests/sd_shaped.py`` in fp32, fp16 and as an fp16 variant only,

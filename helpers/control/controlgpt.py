@@ -28,8 +28,9 @@ from PIL import Image
 from helpers.control import tikz
 from helpers.control.controlnet import draw, held_out_samples, load_controlnet_pipeline, true_layout
 from helpers.control.planner import ChatPlanner, Plan, Planner, RuleBasedPlanner, plan
-from helpers.core.atomic import replace_dir_atomic
 from helpers.core.errors import UsageError
+from helpers.core.folders import building, check_output
+from helpers.core.numbers import at_least, finite, seed_in_range
 from helpers.diffusion.profiles import TOY_CONTROLNET, TOY_LOCATOR, load_pipeline
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 METHODS = ("plain", "controlnet_true_layout", "controlgpt")
 SIZE = 64
+TOOL = "helpers.controlgpt"
 
 
 @dataclass
@@ -126,20 +128,27 @@ def draw_prompts(
     planner: Planner | None = None,
     **draw_kwargs,
 ) -> Path:
-    """ControlGPT for the given prompts: each prompt's TikZ, sketch and image, written into ``output_dir``."""
+    """ControlGPT for the given prompts: each prompt's TikZ, sketch and image, written into ``output_dir``,
+    which is replaced whole: it must be new, empty or an earlier ``draw``'s, checked before any planning."""
+    output = check_output(output_dir, TOOL)
     planner = planner or RuleBasedPlanner()
     plans = [planned_sketch(planner, p) for p in prompts]
     guided = load_controlnet_pipeline(controlnet)
     images = draw(guided, prompts, [sketch for _, sketch in plans], seed, **draw_kwargs)
-    output = Path(output_dir).expanduser().resolve()
-    build = output.with_name(f".{output.name}.build")
-    build.mkdir(parents=True, exist_ok=True)
-    for k, ((accepted, sketch), image) in enumerate(zip(plans, images)):
-        (build / f"{k:03d}.tex").write_text(accepted.code + "\n")
-        sketch.save(build / f"{k:03d}-sketch.png")
-        image.save(build / f"{k:03d}.png")
-    replace_dir_atomic(build, output)
+    with building(output, TOOL) as build:
+        for k, ((accepted, sketch), image) in enumerate(zip(plans, images)):
+            (build / f"{k:03d}.tex").write_text(accepted.code + "\n")
+            sketch.save(build / f"{k:03d}-sketch.png")
+            image.save(build / f"{k:03d}.png")
     return output
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Numbers that cannot work (argparse's float takes inf and nan) end in one line before any model loads."""
+    seed_in_range("--seed", args.seed)
+    finite("--controlnet_conditioning_scale", args.controlnet_conditioning_scale, "pass e.g. 1.0 (0 turns it off)")
+    if args.command == "evaluate":
+        at_least("--count", args.count, 1, "pass how many held-out prompts to score, e.g. 48")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--planner", default="rules", help="rules (offline stand-in, not an LLM) or chat")
         p.add_argument("--controlnet_conditioning_scale", type=float, default=1.0)
     args = parser.parse_args(argv)
+    _check(args)
     configure_cpu()
     kw = dict(
         controlnet=args.controlnet,

@@ -25,14 +25,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from helpers.control import tikz
-from helpers.core.atomic import replace_dir_atomic, write_text_atomic
+from helpers.core.atomic import write_text_atomic
 from helpers.core.errors import UsageError
+from helpers.core.folders import building, check_output
 from helpers.core.images import load_rgb
+from helpers.core.numbers import seed_in_range
 from helpers.toy import relations
 from helpers.toy import world as toyworld
 
 SIZE = 64
 DESCRIPTION = "dataset.json"  # how the folder was made, quoted by the ControlNet's model card
+TOOL = "helpers.control_data"
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,21 @@ def make_row(seed: int, pairs: list[tuple[str, str]] | None = None) -> Row:
 
 
 def write_dataset(output: str | Path, count: int, seed: int = 0, progress: bool = True) -> Path:
-    """Render ``count`` rows into ``output`` (built aside and swapped in whole)."""
+    """Render ``count`` rows into ``output``, built aside and swapped in whole. Only a new or empty folder,
+    or one this command made, is accepted, and that before any rendering: ``--output .`` must not wipe
+    the learner's working folder."""
     if count < 1:
         raise UsageError(f"--count must be a positive number of rows, got {count}")
-    given, output = str(output), Path(output).expanduser().resolve()
-    build = output.with_name(f".{output.name}.build")
+    given, output = str(output), check_output(output, TOOL, "--output")
+    with building(output, TOOL) as build:
+        _write_rows(build, given, count, seed, progress)
+    return output
+
+
+def _write_rows(build: Path, given: str, count: int, seed: int, progress: bool) -> None:
+    """The images, ``train.jsonl`` and the description of the command (``given`` is its ``--output``)."""
     for sub in ("images", "conditioning_images"):
-        (build / sub).mkdir(parents=True, exist_ok=True)
+        (build / sub).mkdir()
     lines = []
     for k in tqdm(range(count), desc="control data", disable=not progress):
         row = make_row(seed + k)
@@ -74,8 +85,6 @@ def write_dataset(output: str | Path, count: int, seed: int = 0, progress: bool 
     write_text_atomic(build / "train.jsonl", "\n".join(lines) + "\n")
     command = f"python -m helpers.control_data --output {shlex.quote(given)} --count {count} --seed {seed}"
     write_text_atomic(build / DESCRIPTION, json.dumps({"count": count, "seed": seed, "command": command}))
-    replace_dir_atomic(build, output)
-    return output
 
 
 @dataclass(frozen=True)
@@ -130,4 +139,5 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    seed_in_range("--seed", args.seed)
     print(write_dataset(args.output, args.count, args.seed))

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from typing import Protocol
+
+import httpx
 
 from helpers.control import tikz
 from helpers.core.errors import UsageError
@@ -40,6 +41,7 @@ CLASS_BOXES = {
     "car": (3.8, 2.3),
     "flower": (2.5, 3.8),
 }
+BEGIN, END = "\\begin{tikzpicture}", "\\end{tikzpicture}"
 SYSTEM_PROMPT = (
     """You draw layouts of images as TikZ code on a 10 x 10 canvas (x to the right, y up).
 Draw each object the prompt names as a rectangle where it should appear, filled with its colour,
@@ -108,48 +110,133 @@ class RuleBasedPlanner:
         return "\n".join(lines)
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # where plain http is allowed: the key never leaves the machine
+MAX_TOKENS = 1024  # a layout of a few boxes is about 200 tokens; room for a verbose model, not for an essay
+MAX_ANSWER_BYTES = 1 << 20  # an answer is a few KiB of JSON: a MiB is a wrong endpoint (or a hostile one)
+
+
+def check_endpoint(base_url: str) -> None:
+    """Refuse, before any request, an endpoint the key would reach unencrypted: https, or plain http
+    to this machine only (a local server such as llama.cpp's or vLLM's)."""
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        scheme, host = parts.scheme, parts.hostname or ""
+    except ValueError:  # such as an unclosed [ of an IPv6 address
+        scheme, host = "", ""
+    if host and (scheme == "https" or scheme == "http" and host in LOCAL_HOSTS):
+        return
+    if host and scheme == "http":
+        raise UsageError(
+            f"the chat planner's endpoint {base_url} is plain http to {host}: the API key would cross the network "
+            f"unencrypted; use https://{parts.netloc}{parts.path} (plain http is only for localhost, 127.0.0.1 and ::1)"
+        )
+    raise UsageError(
+        f"the chat planner's endpoint must be an https:// URL such as https://api.openai.com/v1 "
+        f"(or http://localhost:PORT/v1 for a local server), not {base_url!r}: set CONTROLGPT_BASE_URL"
+    )
+
+
 class ChatPlanner:
-    """An OpenAI-compatible chat endpoint as the planner, in the paper's manner."""
+    """An OpenAI-compatible chat endpoint as the planner, in the paper's manner.
+
+    The request goes to the endpoint it names and nowhere else: redirects are not followed (a
+    client that follows one sends the ``Authorization`` header to the new host), plain http is
+    refused except on this machine, the answer is capped at ``max_tokens`` tokens and
+    ``max_answer_bytes`` bytes.
+    """
 
     def __init__(
-        self, base_url: str | None = None, api_key: str | None = None, model: str | None = None, timeout: float = 60.0
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 60.0,
+        max_tokens: int = MAX_TOKENS,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.base_url = (base_url or os.environ.get("CONTROLGPT_BASE_URL", "")).rstrip("/")
         self.api_key = api_key or os.environ.get("CONTROLGPT_API_KEY", "")
         self.model = model or os.environ.get("CONTROLGPT_MODEL", "")
-        self.timeout = timeout
+        self.timeout, self.max_tokens, self.max_answer_bytes = timeout, max_tokens, max_answer_bytes
         if not self.base_url or not self.model:
             raise UsageError(
                 "the chat planner needs CONTROLGPT_BASE_URL (for example https://api.openai.com/v1) "
                 "and CONTROLGPT_MODEL set; use the rule-based planner offline"
             )
+        check_endpoint(self.base_url)
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise UsageError(f"max_tokens must be a positive number of tokens (got {max_tokens!r}); 1024 is plenty")
+        self.local = urllib.parse.urlsplit(self.base_url).hostname in LOCAL_HOSTS
         self.name = f"chat: {self.model}"
 
     def __call__(self, prompt: str, feedback: str | None = None) -> str:
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
         if feedback:
             messages.append({"role": "user", "content": f"Your code failed: {feedback}. Write it again."})
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0}).encode()
-        request = urllib.request.Request(
-            f"{self.base_url}/chat/completions",
-            data=body,
-            headers={
-                "Content-Type": "application/json",
-                **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
-            },
-        )
+        body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
+        data = self._post(body)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                answer = json.loads(response.read())["choices"][0]["message"]["content"]
-        except (OSError, KeyError, IndexError, ValueError) as err:
-            raise UsageError(f"the chat planner at {self.base_url} failed: {err}") from None
+            answer = json.loads(data)["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise UsageError(
+                f"the chat planner at {self.base_url} gave no chat completion ({type(err).__name__}: {err}): "
+                f"check that CONTROLGPT_BASE_URL is an OpenAI-compatible /v1 endpoint"
+            ) from None
+        if not isinstance(answer, str):
+            raise UsageError(f"the chat planner at {self.base_url} answered no text (content: {answer!r:.80})")
         return extract_code(answer)
+
+    def _post(self, body: dict) -> bytes:
+        """POST ``body`` to the endpoint and read the answer, up to ``max_answer_bytes``; every failure
+        is one line. A local endpoint is reached directly, never through a proxy from the environment."""
+        url = f"{self.base_url}/chat/completions"
+        headers = {"Accept-Encoding": "identity"}  # uncompressed: no small body that unpacks into a huge one
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            with httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=not self.local) as client:
+                with client.stream("POST", url, json=body, headers=headers) as response:
+                    if 300 <= response.status_code < 400:
+                        raise UsageError(
+                            f"the chat planner's endpoint {url} redirected (HTTP {response.status_code}) to "
+                            f"{response.headers.get('location', 'nowhere')}: set CONTROLGPT_BASE_URL to the final "
+                            f"URL; the key was not sent there"
+                        )
+                    data = self._read(response)
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as err:
+            raise UsageError(f"the chat planner at {self.base_url} failed: {type(err).__name__}: {err}") from None
+        if response.status_code >= 400:
+            detail = " ".join(data[:300].decode("utf-8", "replace").split())
+            raise UsageError(f"the chat planner at {self.base_url} answered HTTP {response.status_code}: {detail}")
+        return data
+
+    def _read(self, response: httpx.Response) -> bytes:
+        """The body, streamed, refused in one line once it passes ``max_answer_bytes``."""
+        too_big = UsageError(
+            f"the chat planner at {self.base_url} answered more than {self.max_answer_bytes // 1024} KiB, where a "
+            f"layout is a few KiB: check that CONTROLGPT_BASE_URL is a chat completions endpoint"
+        )
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_answer_bytes:
+            raise too_big
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_answer_bytes:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def extract_code(answer: str) -> str:
-    """The tikzpicture of a chat answer, with any Markdown fence or prose around it dropped."""
-    m = re.search(r"\\begin\{tikzpicture\}.*?\\end\{tikzpicture\}", answer, flags=re.S)
-    return m[0] if m else answer.strip()
+    """The tikzpicture of a chat answer, with any Markdown fence or prose around it dropped.
+
+    Two ``str.find`` calls, not a regex: searching ``begin.*?end`` restarts at every ``begin`` that has
+    no ``end`` after it, quadratic on an answer of repeated ``\\begin{tikzpicture}``. The first begin
+    and the first end after it are the span that search found."""
+    begin = answer.find(BEGIN)
+    end = answer.find(END, begin + len(BEGIN)) if begin >= 0 else -1
+    return answer[begin : end + len(END)] if end >= 0 else answer.strip()
 
 
 @dataclass

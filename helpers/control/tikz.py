@@ -40,9 +40,22 @@ COLOURS = {
     **{name: rgb for name, rgb in WORLD_COLOURS.items() if name not in ("black", "white")},
 }
 LINE_WIDTHS = {"thin": 0.4, "thick": 0.8, "very thick": 1.2, "ultra thick": 1.6}  # in pt, as TikZ
-NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
+# Every pattern below reads each character once: no two quantifiers may match the same text one
+# after the other (``\d+\.?\d*`` or ``\s*`` then an optional group then ``\s*`` did, and a planner's
+# answer of 16 KiB of digits or spaces took seconds, quadratic in its length).
+NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 POINT = re.compile(rf"\(\s*({NUMBER})\s*,\s*({NUMBER})\s*\)")
-NODE = re.compile(r"\\node\s*(?:\[([^\]]*)\])?\s*(?:\(\w+\)\s*)?at\s*" + POINT.pattern + r"\s*\{([^{}]*)\}")
+NODE = re.compile(r"\\node\s*(?:\[([^\]]*)\]\s*)?(?:\(\w+\)\s*)?at\s*" + POINT.pattern + r"\s*\{([^{}]*)\}")
+SPACE = re.compile(r"\s*")
+COMMENT = re.compile(r"(?<!\\)%.*")
+BEGIN = re.compile(r"\\begin\{tikzpicture\}(\[[^\]]*\])?")
+COMMAND = re.compile(r"\\(draw|fill|filldraw|node)\b")
+CYCLE = re.compile(r"--\s*cycle\b")
+LINE_TO = re.compile(rf"--\s*{POINT.pattern}")
+RECTANGLE = re.compile(rf"rectangle\s*{POINT.pattern}")
+CIRCLE = re.compile(r"circle\s*\(([^)]*)\)")
+ELLIPSE = re.compile(r"ellipse\s*\(([^)]*)\)")
+RADII = re.compile(r"(.*)\band\b(.*)", flags=re.S)  # the last "and" splits, as in TikZ's (1.5 and 0.5)
 
 
 class TikzError(ValueError):
@@ -124,19 +137,28 @@ def _number(text: str, line: int, what: str) -> float:
     return value
 
 
+def _coordinate(text: str, line: int) -> float:
+    """A coordinate ``POINT`` already read as a number: only its range is left to check."""
+    value = float(text)
+    if abs(value) > 1000:  # also inf: a long enough string of digits overflows
+        raise TikzError(line, f"a coordinate {text} is out of range")
+    return value
+
+
 def _point(m: re.Match, line: int) -> tuple[float, float]:
-    return _number(m[1], line, "a coordinate"), _number(m[2], line, "a coordinate")
+    return _coordinate(m[1], line), _coordinate(m[2], line)
 
 
 def _path(body: str, line: int, draw, fill, width: float) -> list[Shape]:
     """A path: a start point, then ``-- (x,y)``, ``rectangle (x,y)``, ``circle (r)``,
-    ``ellipse (rx and ry)`` or ``-- cycle`` steps."""
-    shapes, rest = [], body.strip()
-    first = POINT.match(rest)
+    ``ellipse (rx and ry)`` or ``-- cycle`` steps. Read by position, never by slicing off what
+    was read, so that a path of n steps costs n steps, not n times its length."""
+    shapes, body = [], body.strip()
+    first = POINT.match(body)
     if not first:
-        raise TikzError(line, f"a path starts with a point like (1,2), got {rest[:20]!r}")
+        raise TikzError(line, f"a path starts with a point like (1,2), got {body[:20]!r}")
     current = [_point(first, line)]
-    rest = rest[first.end() :].strip()
+    pos = SPACE.match(body, first.end()).end()
     closed = False
 
     def flush() -> None:
@@ -145,37 +167,37 @@ def _path(body: str, line: int, draw, fill, width: float) -> list[Shape]:
             shapes.append(Shape("path", list(current), closed=closed, draw=draw, fill=fill, width=width, line=line))
         current[:] = current[-1:]
 
-    while rest:
+    while pos < len(body):
         if closed:
-            raise TikzError(line, f"nothing may follow '-- cycle', got {rest[:20]!r}")
-        if m := re.match(r"--\s*cycle\b", rest):
+            raise TikzError(line, f"nothing may follow '-- cycle', got {body[pos : pos + 20]!r}")
+        if m := CYCLE.match(body, pos):
             if len(current) < 3:
                 raise TikzError(line, "'-- cycle' needs at least three points")
             closed = True
-        elif m := re.match(rf"--\s*{POINT.pattern}", rest):
+        elif m := LINE_TO.match(body, pos):
             current.append(_point(m, line))
-        elif m := re.match(rf"rectangle\s*{POINT.pattern}", rest):
+        elif m := RECTANGLE.match(body, pos):
             flush()
             corner = _point(m, line)
             shapes.append(
                 Shape("rectangle", [current[-1], corner], closed=True, draw=draw, fill=fill, width=width, line=line)
             )
             current[:] = [corner]
-        elif m := re.match(r"circle\s*\(([^)]*)\)", rest):
+        elif m := CIRCLE.match(body, pos):
             flush()
             r = _number(m[1], line, "a circle's radius")
             shapes.append(Shape("circle", [current[-1]], (r, r), True, draw, fill, width, line=line))
-        elif m := re.match(r"ellipse\s*\(([^)]*)\band\b([^)]*)\)", rest):
+        elif (m := ELLIPSE.match(body, pos)) and (radii := RADII.fullmatch(m[1])):
             flush()
-            radii = (_number(m[1], line, "an ellipse's x radius"), _number(m[2], line, "an ellipse's y radius"))
-            shapes.append(Shape("ellipse", [current[-1]], radii, True, draw, fill, width, line=line))
+            rx, ry = _number(radii[1], line, "an ellipse's x radius"), _number(radii[2], line, "an ellipse's y radius")
+            shapes.append(Shape("ellipse", [current[-1]], (rx, ry), True, draw, fill, width, line=line))
         else:
             raise TikzError(
                 line,
-                f"cannot read {rest[:24]!r}: a path continues with -- (x,y), rectangle (x,y), "
+                f"cannot read {body[pos : pos + 24]!r}: a path continues with -- (x,y), rectangle (x,y), "
                 f"circle (r), ellipse (rx and ry) or -- cycle",
             )
-        rest = rest[m.end() :].strip()
+        pos = SPACE.match(body, m.end()).end()
     flush()
     if not shapes:
         raise TikzError(line, "the path draws nothing: add -- (x,y), rectangle (x,y) or circle (r)")
@@ -200,18 +222,23 @@ def _statement(text: str, line: int) -> list[Shape]:
 
 
 def parse(code: str) -> Drawing:
-    """Read TikZ code of the subset into shapes; raise `TikzError` at the first line outside it."""
+    """Read TikZ code of the subset into shapes; raise `TikzError` at the first line outside it.
+
+    A statement may span lines and a line may hold several: the lines of an unfinished statement
+    are kept in a list and joined once at its ';', so the reading stays linear in the code's length."""
     if not isinstance(code, str):
         raise TikzError(0, f"expected TikZ code as text, got {type(code).__name__}")
     drawing, inside, ended = Drawing(), False, False
-    pending, start = "", 0
-    for number, raw in enumerate(code.splitlines(), start=1):
-        text = re.sub(r"(?<!\\)%.*", "", raw).strip()
+    pending: list[str] = []  # the pieces of a statement not yet ended by ';'
+    start = 0
+    lines = code.splitlines()
+    for number, raw in enumerate(lines, start=1):
+        text = (COMMENT.sub("", raw) if "%" in raw else raw).strip()
         if not text:
             continue
         if ended:
             raise TikzError(number, "code after \\end{tikzpicture}")
-        if re.fullmatch(r"\\begin\{tikzpicture\}(\[[^\]]*\])?", text):
+        if BEGIN.fullmatch(text):
             if inside:
                 raise TikzError(number, "\\begin{tikzpicture} inside another tikzpicture")
             inside = True
@@ -225,19 +252,20 @@ def parse(code: str) -> Drawing:
             continue
         if not pending:
             start = number
-            if not re.match(r"\\(draw|fill|filldraw|node)\b", text):
+            if not COMMAND.match(text):
                 _statement(text, number)  # raises: an unsupported command, named at its own line
-        pending = f"{pending} {text}".strip()
-        while ";" in pending:
-            statement, _, pending = pending.partition(";")
-            pending = pending.strip()
-            if statement.strip():
-                drawing.shapes += _statement(statement.strip(), start)
+        *finished, rest = text.split(";")
+        for piece in finished:
+            statement = " ".join([*pending, piece]).strip()
+            pending = []
+            if statement:
+                drawing.shapes += _statement(statement, start)
             start = number
+        pending += [rest.strip()] if rest.strip() else []
     if not inside:
         raise TikzError(1, "no \\begin{tikzpicture} found")
     if not ended:
-        raise TikzError(len(code.splitlines()), "missing \\end{tikzpicture}")
+        raise TikzError(len(lines), "missing \\end{tikzpicture}")
     return drawing
 
 

@@ -32,6 +32,8 @@ from helpers.control.dataset import DESCRIPTION, Entry, read_index
 from helpers.core.atomic import write_text_atomic
 from helpers.core.cli import settings_command, train_main
 from helpers.core.errors import UsageError
+from helpers.core.folders import check_output, claim_output, staged
+from helpers.core.numbers import at_least, fraction
 from helpers.core.runtime import release_device_memory
 from helpers.diffusion.latents import encode as encode_latents
 from helpers.diffusion.latents import preprocess, vae_scale_factor
@@ -92,10 +94,10 @@ class ControlNetConfig(TrainerSettings):
     def check(self) -> None:
         """Bad settings end with one line that says what to change."""
         super().check()
-        if not 0 <= self.proportion_empty_prompts <= 1:
-            raise UsageError(
-                f"--proportion_empty_prompts is a fraction between 0 and 1 (got {self.proportion_empty_prompts})"
-            )
+        fraction("--proportion_empty_prompts", self.proportion_empty_prompts, "pass e.g. 0.1, or 0 for none")
+        at_least("--validation_steps", self.validation_steps, 1, "to score none, leave out --validation_layouts")
+        at_least("--validation_layouts", self.validation_layouts, 0, "pass 0 to score nothing, or e.g. 16")
+        at_least("--max_train_samples", self.max_train_samples, 1, "pass 1 or more, or leave it out to use every row")
         if self.validation_layouts and self.pretrained_model_name_or_path != "toy":
             raise UsageError(
                 "--validation_layouts scores toy-world layouts with the toy locator: it needs "
@@ -108,14 +110,18 @@ class ControlNetResult(TrainerResult):
     validation: list[dict] = field(default_factory=list)
 
 
+TOOL = "helpers.controlnet"  # what marks the output folders this trainer makes (helpers.core.folders)
+
+
 class ControlNetTrainer:
     """Build everything from a ControlNetConfig, then ``train()``."""
 
     def __init__(self, config: ControlNetConfig) -> None:
         config.check()
         self.config = config
-        self.output_dir = Path(config.output_dir)
-        resolve_resume(self.output_dir, config.resume_from_checkpoint)  # a wrong name fails before any loading
+        self.inputs = {"--train_data_dir": config.train_data_dir}
+        self.output_dir = check_output(config.output_dir, TOOL, inputs=self.inputs)  # before any loading
+        resolve_resume(self.output_dir, config.resume_from_checkpoint, config.max_train_steps)  # before any loading
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
         self.accelerator = make_accelerator(
             self.output_dir, config.gradient_accumulation_steps, config.mixed_precision, config.report_to
@@ -201,6 +207,8 @@ class ControlNetTrainer:
     # ----------------------------------------------------------------- training
     def train(self) -> ControlNetResult:
         cfg, acc = self.config, self.accelerator
+        if acc.is_main_process:  # made and marked only now: a setting refused while loading leaves no folder
+            claim_output(self.output_dir, TOOL, inputs=self.inputs)
         self._prepare_data()
         params = [p for m in (self.controlnet, self.unet) for p in m.parameters() if p.requires_grad]
         trained = [self.controlnet, self.unet] if cfg.unlock_unet_decoder else [self.controlnet]
@@ -229,9 +237,10 @@ class ControlNetTrainer:
         )
         result = ControlNetResult(**report, validation=self.validation)
         if acc.is_main_process:
-            acc.unwrap_model(self.controlnet).save_pretrained(self.output_dir, safe_serialization=True)
-            if cfg.unlock_unet_decoder:
-                acc.unwrap_model(self.unet).save_pretrained(self.output_dir / "unet", safe_serialization=True)
+            with staged(self.output_dir) as stage:  # a full disk leaves the earlier output whole
+                acc.unwrap_model(self.controlnet).save_pretrained(stage, safe_serialization=True)
+                if cfg.unlock_unet_decoder:
+                    acc.unwrap_model(self.unet).save_pretrained(stage / "unet", safe_serialization=True)
             write_result(self.output_dir, result, cfg)
             write_text_atomic(self.output_dir / "README.md", model_card(cfg, result, str(acc.device)))
         finish(acc)

@@ -8,7 +8,6 @@ to disk, and is then renamed over the target, which POSIX makes atomic.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,16 +60,3 @@ def save_image_atomic(image: Image.Image, path: str | Path) -> None:
     path = Path(path)
     with _temp_beside(path) as tmp:
         image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
-
-
-def replace_dir_atomic(build: Path, target: Path) -> None:
-    """Swap a fully written folder into place; the old folder is removed only afterwards."""
-    target = Path(target)
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(build, target)
-    if old.exists():
-        shutil.rmtree(old)

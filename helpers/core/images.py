@@ -7,6 +7,7 @@ that is not a readable image stops the run with its name, instead of failing dee
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +38,8 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise _too_large(path, err) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise UsageError(f"cannot read image {path}: {type(err).__name__}; remove or replace the file") from None
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -44,6 +47,19 @@ def load_rgb(path: Path) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(canvas, rgba)
     return img.convert("RGB")
+
+
+def _too_large(path: Path, err: Exception) -> UsageError:
+    """PIL refuses, with a traceback, an image whose header claims more pixels than it reads safely (a
+    "decompression bomb": a few KB on disk, gigabytes in memory); as a warning when warnings are errors.
+    This names the file, its size (which only PIL's message holds) and the fix."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f"{int(found[1]) / 1e6:.0f} megapixels" if found else "too many pixels"
+    limit = Image.MAX_IMAGE_PIXELS / 1e6
+    return UsageError(
+        f"image {path} has {size}, more than the {limit:.0f} megapixels read safely: resize it below "
+        f"{limit:.0f} megapixels (the models train at 512 px or less), or remove it"
+    )
 
 
 def load_image_folder(folder: str | Path) -> list[Image.Image]:

@@ -4,11 +4,14 @@ A folder of weights says nothing of how it was made. The card records what a lea
 the model and to make it again: the base model, the prompts, steps and learning rate, the exact
 command, the samples drawn during training, and, when the photos came from the DreamBooth paper's
 dataset, their licence and photographers. It is ``huggingface_hub``'s ``ModelCard``, so the hub
-shows it as the model's page when the folder is pushed.
+shows it as the model's page when the folder is pushed; so it names no path of this machine (a
+folder of the course by its path from the course's root, any other by its name: `shareable_path`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from helpers.dreambooth.identifiers import identifier_words
 
 DATASET = ROOT / "data" / "dreambooth"
 CARD = "README.md"
+PATH_SETTINGS = ("resume_from_checkpoint",)  # path settings besides every *_dir, *_path and the base model
 LICENCES = {"toy": "apache-2.0", "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m"}
 
 
@@ -36,11 +40,35 @@ def photo_credit(instance_data_dir: str) -> str | None:
     )
 
 
+def shareable_path(value: str) -> str:
+    """A path setting as a card shows it, with nothing of this machine in it: a folder inside the course
+    as its path from the course's root (the same in every clone), any other local path as its folder's
+    name; a value that is no local path (a hub id, ``latest``) as it is."""
+    path = Path(value).expanduser()
+    if not (path.is_absolute() or value.startswith("~") or path.exists()):
+        return value
+    path = path.resolve()
+    return path.relative_to(ROOT.resolve()).as_posix() if path.is_relative_to(ROOT.resolve()) else path.name
+
+
 def base_name(base: str) -> str:
-    """How the card names the base model: ``toy`` for the embedded toy model however it was passed."""
+    """How the card names the base model: ``toy`` for the embedded toy model however it was passed, a
+    local folder by `shareable_path`, a hub id as it is."""
     if base != "toy" and Path(base).expanduser().resolve() == TOY_MODEL.resolve():
         return "toy"
-    return base
+    return shareable_path(base)
+
+
+def shown_settings(config):
+    """``config`` with its paths made shareable (`shareable_path`), for the card's command: a copy, so no
+    check runs again and the run's own settings are untouched."""
+    shown = copy.copy(config)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, str) and (f.name in PATH_SETTINGS or f.name.endswith(("_dir", "_path"))):
+            setattr(shown, f.name, shareable_path(value))
+    shown.pretrained_model_name_or_path = base_name(config.pretrained_model_name_or_path)
+    return shown
 
 
 def _relative(path: str, folder: Path) -> str:
@@ -115,7 +143,7 @@ def _body(config, result, samples: list[str]) -> str:
         "Made by:",
         "",
         "```",
-        settings_command("helpers.dreambooth", config),
+        settings_command("helpers.dreambooth", shown_settings(config)),
         "```",
         "",
         "## Samples",

@@ -10,7 +10,7 @@ take the background. A photo without one keeps ``--instance_prompt``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -26,7 +26,12 @@ class Instances:
 
     images: list[Image.Image]
     prompts: list[str]
-    captioned: int  # how many prompts came from caption files
+    captions: dict[Path, str] = field(default_factory=dict)  # the photos that have a caption file, and its text
+
+    @property
+    def captioned(self) -> int:
+        """How many prompts came from caption files."""
+        return len(self.captions)
 
 
 def caption_of(photo: Path) -> str | None:
@@ -48,7 +53,7 @@ def load_instances(folder: str, resolution: int, instance_prompt: str, class_pro
     photo then teaches the class words, not the subject's name); small photos are upscaled with a
     warning that says so."""
     identifier = identifier_words(instance_prompt, class_prompt)
-    images, prompts, captioned = [], [], 0
+    images, prompts, captions = [], [], {}
     for path in image_files(folder):
         img = load_rgb(path)
         if min(img.size) < resolution:
@@ -59,7 +64,7 @@ def load_instances(folder: str, resolution: int, instance_prompt: str, class_pro
             )
         caption = caption_of(path)
         if caption is not None:
-            captioned += 1
+            captions[path] = caption
             missing = [w for w in identifier if w not in caption.lower().split()]
             if missing:
                 warnings.warn(
@@ -69,4 +74,4 @@ def load_instances(folder: str, resolution: int, instance_prompt: str, class_pro
                 )
         images.append(img)
         prompts.append(caption or instance_prompt)
-    return Instances(images, prompts, captioned)
+    return Instances(images, prompts, captions)

@@ -3,23 +3,33 @@
 DreamBooth's prior-preservation loss needs a few hundred images of the class ("a photo of dog")
 drawn by the model *before* fine-tuning. Generating them is the slowest step of a DreamBooth run,
 so they are cached on disk next to a manifest of every setting that shaped them (model and its
-weight files, prompt, seed, scheduler, steps, guidance, count, resolution). A re-run with the same
-settings reuses them; any change regenerates them: a cache is never silently reused for different
+weight files, prompt, seed, scheduler, steps, guidance, resolution). A re-run with the same
+settings reuses them; any change draws them again: a cache is never silently reused for different
 settings.
+
+The folder may also hold class images of the learner's own (real photos of dogs, as diffusers'
+``train_dreambooth.py`` users put there): those are kept and used, the model draws only as many as
+``--num_class_images`` still lacks, and the manifest lists only the drawn ones, the only files this
+module ever deletes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
+from tqdm.auto import tqdm
 
-from helpers.core.atomic import replace_dir_atomic, write_text_atomic
+from helpers.core.atomic import save_image_atomic, write_text_atomic
+from helpers.core.errors import UsageError
+from helpers.core.folders import is_inside
+from helpers.core.images import IMAGE_SUFFIXES, load_rgb
+from helpers.core.paths import DATA
 from helpers.diffusion.loading import weight_files
 
 MANIFEST = "manifest.json"
@@ -80,70 +90,148 @@ def class_data_dir(outputs: str | Path, profile: str, class_prompt: str, seed: i
 def read_manifest(folder: Path) -> dict | None:
     try:
         return json.loads((folder / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
 
 
+def _generated(folder: Path, settings: PriorSettings) -> list[str]:
+    """The images an earlier call drew for these settings (any count), in seed order: the manifest's
+    files while its settings match, and none when they do not (they will be drawn again)."""
+    manifest = read_manifest(folder) or {}
+    if _changed(manifest, settings):
+        return []
+    return list(manifest.get("files", []))
+
+
+def _changed(manifest: dict, settings: PriorSettings) -> list[str]:
+    """The settings that differ from the manifest's, the count aside (more or fewer images of the same
+    settings are the same images: image i is drawn from seed + i)."""
+    saved = manifest.get("settings", {})
+    return [k for k, v in asdict(settings).items() if k != "count" and saved.get(k) != v]
+
+
+def learner_images(folder: str | Path) -> list[Path]:
+    """The images a learner put in the class folder themselves (any image the manifest does not list),
+    sorted: they are kept and used, as diffusers' DreamBooth script uses the images it finds there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    ours = set((read_manifest(folder) or {}).get("files", []))
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.name not in ours
+    ]
+
+
 def cache_status(folder: str | Path, settings: PriorSettings) -> str:
-    """'valid', 'missing' or a sentence saying which setting changed."""
+    """'valid', 'missing' or a sentence saying what must be drawn again and why."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    needed = max(0, settings.count - len(learner_images(folder)))
     if manifest is None:
-        return "missing"
-    changed = [k for k, v in asdict(settings).items() if manifest.get("settings", {}).get(k) != v]
-    if changed:
+        return "valid" if needed == 0 else "missing"
+    changed = _changed(manifest, settings)
+    if changed and needed:
         return "settings changed: " + ", ".join(
             f"{k} {manifest['settings'].get(k)!r} -> {getattr(settings, k)!r}" for k in changed
         )
-    if (
-        any(not (folder / name).exists() for name in manifest.get("files", []))
-        or len(manifest.get("files", [])) != settings.count
-    ):
+    files = manifest.get("files", [])[:needed]
+    if any(not (folder / name).exists() for name in files):
         return "files missing"
+    if len(files) < needed:
+        return f"{needed - len(files)} more to draw"
     return "valid"
+
+
+def check_class_folder(class_dir: str | Path, instance_dir: str | Path) -> None:
+    """The class folder is written into (generated images and a manifest): never the course's data/ and never
+    the subject's own photos, which would then be trained on as "any dog" and lose their meaning."""
+    if is_inside(Path(class_dir), DATA):
+        raise UsageError(
+            f"--class_data_dir {class_dir} is inside the course's data/ folder, which holds the shipped models and "
+            "photos: pass a folder of your own, for example outputs/class_images/dog"
+        )
+    if is_inside(Path(class_dir), Path(instance_dir)) or is_inside(Path(instance_dir), Path(class_dir)):
+        raise UsageError(
+            f"--class_data_dir {class_dir} and --instance_data_dir {instance_dir} overlap: the class images must be "
+            "other members of the class, kept apart from the subject's photos; pass another --class_data_dir"
+        )
 
 
 def class_images(
     folder: str | Path, settings: PriorSettings, pipe_factory, batch_size: int = 8, progress: bool = True
 ) -> tuple[list[Path], dict]:
-    """The cached class images for ``settings``, generated (atomically) when missing or stale.
+    """``settings.count`` class images: the learner's own images in ``folder`` first, then images drawn by the
+    frozen model to make up the count, cached with a manifest that lists only those.
 
-    ``pipe_factory()`` returns the frozen pipeline; it is only called when images must be drawn.
-    Returns the image paths and a report {"reused": bool, "reason": str, "seconds": float}.
+    ``pipe_factory()`` returns the frozen pipeline; it is only called when images must be drawn. Drawn
+    images of other settings are deleted (they are the cache's own); the learner's are never touched.
+    Each image is written whole as soon as its batch is drawn and the manifest follows each batch, so an
+    interrupted call keeps what it drew. Returns the image paths and a report {"reused", "reason",
+    "seconds", "learner", "generated"}.
     """
+    folder = Path(folder)
+    learner = learner_images(folder)[: settings.count]
+    needed = settings.count - len(learner)
+    status = cache_status(folder, settings)
+    start = time.perf_counter()
+    kept = _generated(folder, settings)
+    if status != "valid":
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = _draw(folder, settings, pipe_factory, kept, needed, batch_size, progress)
+    seconds = time.perf_counter() - start
+    report = {"reused": status == "valid", "reason": status, "seconds": seconds, "learner": len(learner)}
+    return learner + [folder / name for name in kept[:needed]], report | {"generated": needed}
+
+
+def _draw(
+    folder: Path, settings: PriorSettings, pipe_factory, kept: list[str], needed: int, batch_size: int, progress: bool
+) -> list[str]:
+    """Draw the images ``kept`` lacks of the first ``needed`` (image i from seed + i), after deleting the drawn
+    images the manifest lists for other settings; the manifest is rewritten after every batch."""
     from helpers.diffusion.generate import generate_images
 
-    folder = Path(folder)
-    status = cache_status(folder, settings)
-    if status == "valid":
-        manifest = read_manifest(folder)
-        return [folder / name for name in manifest["files"]], {"reused": True, "reason": status, "seconds": 0.0}
-    start = time.perf_counter()
-    images: list[Image.Image] = generate_images(
-        pipe_factory(),
-        settings.prompt,
-        settings.count,
-        seed=settings.seed,
-        num_inference_steps=settings.num_inference_steps,
-        guidance_scale=settings.guidance_scale,
-        batch_size=batch_size,
-        progress=progress,
-        resolution=settings.resolution,
-    )
-    build = folder.with_name(f".{folder.name}.build")
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
-    names = [f"{i:05d}.png" for i in range(len(images))]
-    for name, img in zip(names, images):
-        img.save(build / name)
-    seconds = time.perf_counter() - start
-    write_text_atomic(
-        build / MANIFEST,
-        json.dumps({"settings": asdict(settings), "files": names, "seconds": round(seconds, 2)}, indent=2),
-    )
-    replace_dir_atomic(build, folder)
-    return [folder / n for n in names], {"reused": False, "reason": status, "seconds": seconds}
+    for stale in set((read_manifest(folder) or {}).get("files", [])) - set(kept):
+        (folder / stale).unlink(missing_ok=True)
+    # drawn image i comes from seed + i: one missing from the middle means drawing again from there on
+    kept = list(itertools.takewhile(lambda name: (folder / name).exists(), kept))[:needed]
+    _write_manifest(folder, settings, kept)
+    pipe = pipe_factory() if len(kept) < needed else None
+    starts = range(len(kept), needed, batch_size)
+    for start in tqdm(starts, desc="class images (batches)", disable=not progress or len(starts) < 2):
+        n = min(batch_size, needed - start)
+        images = generate_images(
+            pipe,
+            settings.prompt,
+            n,
+            seed=settings.seed + start,
+            num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale,
+            batch_size=n,
+            resolution=settings.resolution,
+        )
+        for image in images:
+            name = _name(folder, len(kept), kept)
+            save_image_atomic(image, folder / name)
+            kept.append(name)
+        _write_manifest(folder, settings, kept)
+    return kept
+
+
+def _name(folder: Path, index: int, kept: list[str]) -> str:
+    """The file name of drawn image ``index``: ``class-00012.png``, or with a suffix when the learner already
+    has a file of that name (never overwritten)."""
+    name = f"class-{index:05d}.png"
+    while (folder / name).exists() and name not in kept:
+        name = name.replace(".png", "-drawn.png")
+    return name
+
+
+def _write_manifest(folder: Path, settings: PriorSettings, files: list[str]) -> None:
+    write_text_atomic(folder / MANIFEST, json.dumps({"settings": asdict(settings), "files": files}, indent=2))
 
 
 def load_class_images(paths: list[Path]) -> list[Image.Image]:
-    return [Image.open(p).convert("RGB") for p in paths]
+    """The class images, upright and RGB (a learner's photos may carry EXIF rotations or alpha)."""
+    return [load_rgb(p) for p in paths]

@@ -31,6 +31,8 @@ from PIL import Image
 from helpers.core.atomic import save_image_atomic, write_text_atomic
 from helpers.core.errors import UsageError
 from helpers.core.figures import image_grid
+from helpers.core.folders import check_output, claim_output, staged
+from helpers.core.numbers import at_least, positive
 from helpers.core.runtime import release_device_memory
 from helpers.diffusion.hub import check_push, push_folder
 from helpers.diffusion.latents import encode as encode_latents
@@ -48,9 +50,11 @@ from helpers.diffusion.lora_export import export_kohya
 from helpers.diffusion.losses import dreambooth_loss
 from helpers.diffusion.noise import offset_noise
 from helpers.diffusion.profiles import profile_for_model, resolve_model
+from helpers.diffusion.prompts import check_prompt
 from helpers.dreambooth.card import CARD, model_card
-from helpers.dreambooth.identifiers import identifier_warnings
+from helpers.dreambooth.identifiers import identifier_warnings, identifier_words
 from helpers.dreambooth.instances import load_instances
+from helpers.dreambooth.priors import check_class_folder
 from helpers.training import trackers
 from helpers.training.loop import (
     denoising_target,
@@ -72,7 +76,11 @@ class TrainConfig(TrainerSettings):
 
     instance_data_dir: str = field(metadata={"help": "folder with the subject's photos"})
     instance_prompt: str = field(metadata={"help": "prompt with the identifier, e.g. 'a photo of sks dog'"})
-    class_data_dir: str | None = flag(None, "where class images are cached (generated when missing or stale)")
+    class_data_dir: str | None = flag(
+        None,
+        "class images: any you put there are used, and the model draws the rest up to --num_class_images "
+        "(cached with a manifest)",
+    )
     class_prompt: str | None = flag(None, "prompt for the class, e.g. 'a photo of dog'")
     with_prior_preservation: bool = flag(False, "add the prior-preservation loss on class images")
     prior_loss_weight: float = 1.0
@@ -99,9 +107,10 @@ class TrainConfig(TrainerSettings):
     output_kohya_format: bool = flag(
         False, "with --lora_rank, also write the LoRA in kohya's format for A1111/ComfyUI (helpers.export_lora)"
     )
-    push_to_hub: bool = flag(False, "upload the output folder, model card included, to the Hugging Face hub")
+    push_to_hub: bool = flag(False, "upload the model (weights, configs, card, samples) to a private hub repository")
     hub_model_id: str | None = flag(None, "the hub repository to push to (default: the output folder's name)")
-    hub_token: str | None = flag(None, "a hub token (default: the one `hf auth login` saved)")
+    hub_token: str | None = field(default=None, repr=False, metadata={"help": "a hub token (default: `hf auth login`)"})
+    hub_public: bool = flag(False, "with --push_to_hub, create the hub repository public (default: private)")
 
     def check(self) -> None:
         """Bad settings end with one line that says what to change."""
@@ -123,8 +132,16 @@ class TrainConfig(TrainerSettings):
                 f"--validation_steps and --num_validation_images must be at least 1 (got {self.validation_steps} "
                 f"and {self.num_validation_images}); to draw no samples, leave out --validation_prompt"
             )
+        at_least("--prior_loss_weight", self.prior_loss_weight, 0, "pass 1.0, as diffusers does, or 0 to turn it off")
+        if self.with_prior_preservation:
+            at_least("--num_class_images", self.num_class_images, 1, "pass how many class images to use, e.g. 100")
+        at_least("--sample_batch_size", self.sample_batch_size, 1, "pass how many class images to draw at once, e.g. 8")
+        positive("--text_encoder_lr", self.text_encoder_lr, "pass a positive number, or omit it for --learning_rate")
+        positive("--lora_alpha", self.lora_alpha, "pass a positive number, or omit it for a scale of 1")
+        positive("--snr_gamma", self.snr_gamma, "pass e.g. 5.0, the paper's choice, or leave it out for the plain loss")
 
 
+TOOL = "helpers.dreambooth"  # what marks the output folders this trainer makes (helpers.core.folders)
 VALIDATION = "validation"  # the folder of validation grids, one per step: validation/step-00100.png
 VALIDATION_INFERENCE_STEPS = 25  # as diffusers' DreamBooth script samples its validation images
 
@@ -151,10 +168,13 @@ class Trainer:
     def __init__(self, config: TrainConfig, pipe_factory=None) -> None:
         config.check()
         self.config = config
-        self.output_dir = Path(config.output_dir)
-        resolve_resume(self.output_dir, config.resume_from_checkpoint)  # a wrong name fails before any loading
+        self.inputs = {"--instance_data_dir": config.instance_data_dir, "--class_data_dir": config.class_data_dir}
+        self.output_dir = check_output(config.output_dir, TOOL, inputs=self.inputs)  # before any loading
+        if config.with_prior_preservation:
+            check_class_folder(config.class_data_dir, config.instance_data_dir)
+        resolve_resume(self.output_dir, config.resume_from_checkpoint, config.max_train_steps)  # before any loading
         if config.push_to_hub:
-            check_push(config.output_dir, config.hub_model_id, config.hub_token)
+            check_push(config.output_dir, config.hub_model_id, config.hub_token, private=not config.hub_public)
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
         self.accelerator = make_accelerator(
             self.output_dir, config.gradient_accumulation_steps, config.mixed_precision, config.report_to
@@ -193,6 +213,17 @@ class Trainer:
         self.guidance_scale = profile_for_model(cfg.pretrained_model_name_or_path).guidance_scale  # for validation
         for message in identifier_warnings(self.tokenizer, cfg.instance_prompt, cfg.class_prompt):
             warnings.warn(message, stacklevel=2)
+        self._check_prompts({"--instance_prompt": cfg.instance_prompt})
+        self._check_prompts({"--class_prompt": cfg.class_prompt, "--validation_prompt": cfg.validation_prompt}, ())
+
+    def _check_prompts(self, prompts: dict[str, str | None], identifier: list[str] | None = None) -> None:
+        """Each prompt against the text encoder's window: a warning once for a long one, a refusal when the
+        identifier falls outside it (``identifier`` None: the run's own identifier words)."""
+        cfg = self.config
+        words = identifier_words(cfg.instance_prompt, cfg.class_prompt) if identifier is None else identifier
+        for what, prompt in prompts.items():
+            if prompt and (message := check_prompt(self.tokenizer, prompt, what, words)):
+                warnings.warn(message, stacklevel=3)
 
     def _pipeline(self):
         from helpers.diffusion.profiles import load_pipeline
@@ -239,6 +270,9 @@ class Trainer:
     def train(self) -> TrainResult:
         cfg, acc = self.config, self.accelerator
         instances = load_instances(cfg.instance_data_dir, self.resolution, cfg.instance_prompt, cfg.class_prompt)
+        self._check_prompts({f"the caption of {path.name}": prompt for path, prompt in instances.captions.items()})
+        if acc.is_main_process:  # made and marked only now: a setting refused while loading leaves no folder
+            claim_output(self.output_dir, TOOL, inputs=self.inputs)
         instance_images = instances.images
         class_imgs, class_report = self._class_images()
         augment = cfg.random_flip or not cfg.center_crop and any(im.size[0] != im.size[1] for im in instance_images)
@@ -298,7 +332,7 @@ class Trainer:
         if cfg.output_kohya_format:
             export_kohya(self.output_dir)
         if cfg.push_to_hub:
-            result.hub_url = push_folder(self.output_dir, cfg.hub_model_id, cfg.hub_token)
+            result.hub_url = push_folder(self.output_dir, cfg.hub_model_id, cfg.hub_token, private=not cfg.hub_public)
 
     def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one micro-batch; every random draw comes from (seed, step, micro, rank)."""
@@ -372,14 +406,9 @@ class Trainer:
         validate = cfg.validation_prompt and cfg.max_train_steps % cfg.validation_steps != 0
         if cfg.lora_rank:
             text_encoder = acc.unwrap_model(self.text_encoder) if cfg.train_text_encoder else None
-            save_lora(
-                self.output_dir,
-                self._lora_base(),
-                acc.unwrap_model(self.unet),
-                text_encoder,
-                cfg.lora_rank,
-                cfg.lora_alpha,
-            )
+            unet = acc.unwrap_model(self.unet)
+            with staged(self.output_dir) as stage:  # a full disk leaves the earlier output whole
+                save_lora(stage, self._lora_base(), unet, text_encoder, cfg.lora_rank, cfg.lora_alpha)
             if validate:
                 self._validate(load_lora(self._pipeline(), self.output_dir), cfg.max_train_steps)
             return
@@ -393,7 +422,8 @@ class Trainer:
             self.model_path, **parts, safety_checker=None, requires_safety_checker=False, revision=cfg.revision
         )
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        pipe.save_pretrained(self.output_dir, safe_serialization=True)
+        with staged(self.output_dir) as stage:  # a full disk leaves the earlier output whole
+            pipe.save_pretrained(stage, safe_serialization=True)
         if validate:
             self._validate(pipe, cfg.max_train_steps)
 

@@ -30,6 +30,7 @@ from PIL import Image
 
 from helpers.core.errors import UsageError
 from helpers.core.images import load_image_folder
+from helpers.core.numbers import at_least, seed_in_range
 from helpers.core.runtime import configure_cpu
 from helpers.diffusion.loading import CLIP_MODEL, DINO_MODEL
 from helpers.diffusion.profiles import TOY_JUDGE, load_pipeline, profile_for_model
@@ -192,8 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     missing = [f"--{k}" for k in ("subject_dir", "instance_prompt", "class_prompt") if getattr(args, k) is None]
     if missing:
         raise UsageError(f"--model also needs {', '.join(missing)}")
-    if args.num_samples < 2:
-        raise UsageError("--num_samples must be at least 2 (DIV compares samples pairwise)")
+    at_least("--num_samples", args.num_samples, 2, "pass 2 or more: DIV compares samples pairwise")
+    at_least("--num_inference_steps", args.num_inference_steps, 1, "pass e.g. 50, or leave it out")
+    for value in args.seeds:
+        seed_in_range("--seeds", value)
     profile = profile_for_model(args.model)
     if profile.is_toy:
         wanted_attributes(args.instance_prompt)
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         args.num_samples,
         tuple(args.seeds),
         scorers,
-        args.num_inference_steps or profile.num_inference_steps,
+        profile.num_inference_steps if args.num_inference_steps is None else args.num_inference_steps,
         profile.guidance_scale,
     )
     print(json.dumps(report))

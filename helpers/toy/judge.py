@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from helpers.core.atomic import save_safetensors_atomic, write_text_atomic
+from helpers.core.folders import building, check_output
 from helpers.diffusion.latents import through_vae
 from helpers.toy import world as toyworld
 
@@ -38,6 +39,7 @@ HEADS = {
 EMBED_DIM = 128
 VAE_SHARE = 0.5  # of training images passed through the toy model's VAE (every generated image is)
 ACCURACY_RENDERS = 1024  # fresh renders behind the accuracies on the judge's card
+MADE_BY = "helpers.pretrain judge"  # its folder's mark: the other stages' mark would let them replace it
 
 
 class Judge(nn.Module):
@@ -178,7 +180,9 @@ def train_judge(
     command: str = "python -m helpers.pretrain judge",
 ) -> dict:
     """Train the judge on fresh renders (seeds from 10**7 upwards), a share of them through the toy
-    model's ``vae``, and save it with a card."""
+    model's ``vae``, and save it with a card into ``output``: new, empty or an earlier judge's (checked
+    before training, as the shipped judge's is replaced whole)."""
+    out = check_output(output, MADE_BY, "--output", shipped_ok=True)
     torch.manual_seed(seed)
     judge = Judge()
 
@@ -194,9 +198,6 @@ def train_judge(
         "rendered": judge_accuracy(judge, ACCURACY_RENDERS),
         "through the toy VAE": judge_accuracy(judge, ACCURACY_RENDERS, vae=vae),
     }
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors_atomic(judge.state_dict(), out / "judge.safetensors")
     report = {
         "command": command,
         "steps": steps,
@@ -205,7 +206,9 @@ def train_judge(
         "seconds": round(time.time() - start, 1),
         "accuracy_on_fresh_renders": accuracy,
     }
-    write_text_atomic(out / "README.md", _card(report))
+    with building(out, MADE_BY, shipped_ok=True) as build:
+        save_safetensors_atomic(judge.state_dict(), build / "judge.safetensors")
+        write_text_atomic(build / "README.md", _card(report))
     return report
 
 

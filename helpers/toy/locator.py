@@ -31,6 +31,8 @@ from torch.nn import functional as F
 
 from helpers.core.atomic import save_safetensors_atomic, write_text_atomic
 from helpers.core.errors import UsageError
+from helpers.core.folders import building, check_output
+from helpers.core.numbers import at_least, seed_in_range
 from helpers.core.paths import DATA
 from helpers.core.runtime import configure_cpu
 from helpers.diffusion.latents import through_vae
@@ -42,6 +44,7 @@ from helpers.toy.judge import blur_and_noise, to_tensor, train_steps, vae_share
 CELL = 4  # pixels per map cell: 64 px images give 16 x 16 maps
 MIN_CELLS = 3  # fewer cells of a class than this is noise, not an object
 IGNORE = -100
+TOOL = "helpers.locator"  # the mark on the folder it writes (helpers.core.folders)
 
 
 class Locator(nn.Module):
@@ -223,8 +226,11 @@ def accuracy_on_fresh_renders(
 
 
 def train_locator(output: Path, steps: int, batch_size: int, seed: int, command: str) -> dict:
+    """Train the locator and save it with its card into ``output``, which is replaced whole: new, empty
+    or an earlier locator's (the shipped one's included), checked before the toy VAE is loaded."""
     from diffusers import AutoencoderKL
 
+    output = check_output(output, TOOL, "--output", shipped_ok=True)
     torch.manual_seed(seed)
     locator = Locator()
     vae = AutoencoderKL.from_pretrained(TOY_MODEL, subfolder="vae").eval()
@@ -246,9 +252,9 @@ def train_locator(output: Path, steps: int, batch_size: int, seed: int, command:
         "fresh_two_object_renders": accuracy_on_fresh_renders(locator),
         "through_the_toy_vae": accuracy_on_fresh_renders(locator, vae=vae),
     }
-    output.mkdir(parents=True, exist_ok=True)
-    save_safetensors_atomic(locator.state_dict(), output / "locator.safetensors")
-    write_text_atomic(output / "README.md", _card(report))
+    with building(output, TOOL, shipped_ok=True) as build:
+        save_safetensors_atomic(locator.state_dict(), build / "locator.safetensors")
+        write_text_atomic(build / "README.md", _card(report))
     return report
 
 
@@ -283,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    at_least("--steps", args.steps, 1)
+    at_least("--batch_size", args.batch_size, 1)
+    seed_in_range("--seed", args.seed)
     configure_cpu()
     command = "python -m helpers.locator " + " ".join(shlex.quote(a) for a in argv)
     print(json.dumps(train_locator(args.output, args.steps, args.batch_size, args.seed, command.strip())))

@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -37,8 +37,10 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from helpers.core.atomic import replace_dir_atomic, save_torch_atomic, write_text_atomic
+from helpers.core.atomic import save_torch_atomic, write_text_atomic
 from helpers.core.errors import UsageError
+from helpers.core.folders import building, check_output, claim_output, remove_output
+from helpers.core.numbers import at_least, fraction, positive, seed_in_range
 from helpers.core.paths import DATA
 from helpers.core.runtime import configure_cpu
 from helpers.diffusion.latents import vae_scale_factor
@@ -47,10 +49,12 @@ from helpers.toy import judge as judge_mod
 from helpers.toy import model as toymodel
 from helpers.toy import tokenizer as toytokenizer
 from helpers.toy import world as toyworld
-from helpers.toy.stage_state import StageState
+from helpers.toy.stage_state import StageState, load_tensors
 from helpers.training.loop import denoising_target
 
 STAGES = "stages.json"  # every stage that produced the weights: command, seed, steps, time
+TOOL = "helpers.pretrain"  # the mark on the model folder and on its stage folders (helpers.core.folders)
+STAGE_FLAG = "--output's stage folder"  # how an error names a stage folder: it is --output's sibling
 SAVE_EVERY_SECONDS = 300.0  # how often a stage saves its state (helpers.toy.stage_state)
 HELD_OUT_RENDERS = 512  # fresh renders behind the VAE's scaling factor and its PSNR on the card
 HELD_OUT_SEED = 9 * 10**8  # their first seed, far from every training batch's
@@ -84,10 +88,12 @@ def vae_loss(recon: torch.Tensor, x: torch.Tensor, posterior, mse_weight: float)
 
 
 def held_out_pass(
-    vae: AutoencoderKL, count: int = HELD_OUT_RENDERS, first_seed: int = HELD_OUT_SEED
+    vae: AutoencoderKL, count: int | None = None, first_seed: int = HELD_OUT_SEED
 ) -> tuple[float, torch.Tensor]:
-    """Encode ``count`` fresh renders to their latent means and decode them, once: the PSNR (dB,
-    pixels in [-1, 1]) of the round trip, and the latent means (their spread sets the scaling factor)."""
+    """Encode ``count`` (default ``HELD_OUT_RENDERS``, read when called) fresh renders to their latent means
+    and decode them, once: the PSNR (dB, pixels in [-1, 1]) of the round trip, and the latent means (their
+    spread sets the scaling factor)."""
+    count = HELD_OUT_RENDERS if count is None else count
     names = toyworld.named_instances()
     errors, latents = [], []
     with torch.no_grad():
@@ -99,7 +105,7 @@ def held_out_pass(
     return psnr, torch.cat(latents)
 
 
-def vae_psnr(vae: AutoencoderKL, count: int = HELD_OUT_RENDERS, first_seed: int = HELD_OUT_SEED) -> float:
+def vae_psnr(vae: AutoencoderKL, count: int | None = None, first_seed: int = HELD_OUT_SEED) -> float:
     """PSNR (dB, pixels in [-1, 1]) of ``count`` fresh renders encoded to their latent means and decoded."""
     return held_out_pass(vae, count, first_seed)[0]
 
@@ -110,6 +116,7 @@ def train_vae(
     """Train the autoencoder on fresh renders (a new batch every step, a function of the step), from
     scratch or, ``continued``, on from the VAE in ``stage`` (a second phase with its own schedule);
     resumable: a killed run started again with the same settings goes on from its last state."""
+    claim_output(stage, TOOL, STAGE_FLAG, shipped_ok=True)
     torch.manual_seed(seed)
     names = toyworld.named_instances()
     if continued:
@@ -200,7 +207,7 @@ def cached_dataset(
     """``encode_dataset``, kept in ``work`` so that a resumed stage does not encode it again."""
     path = work / f"dataset-{seed}-{count}-{vae.config.scaling_factor}.pt"
     if path.exists():
-        saved = torch.load(path)
+        saved = load_tensors(path)
         return saved["latents"], saved["captions"], saved["coverage"]
     latents, captions, coverage = encode_dataset(vae, count, seed)
     work.mkdir(parents=True, exist_ok=True)
@@ -295,7 +302,7 @@ def train_unet(
     tok_dir = Path(tempfile.mkdtemp(prefix="toy-tokenizer-"))
     tokenizer = toytokenizer.build_tokenizer(tok_dir)
     vae = AutoencoderKL.from_pretrained(stage).eval()
-    started, work = time.time(), unet_stage_dir(output)
+    started, work = time.time(), claim_output(unet_stage_dir(output), TOOL, STAGE_FLAG, shipped_ok=True)
     latents, captions, coverage = cached_dataset(work, vae, dataset_size, seed)
     layout = layout_indices(captions)
     if layout_fraction and not layout:
@@ -379,11 +386,11 @@ def train_unet(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    build = output.with_name(f".{output.name}.build")
-    pipe.save_pretrained(build, safe_serialization=True)
+    saved = work / "pipeline"  # moved into the output by _unet_stage, with the card
+    pipe.save_pretrained(saved, safe_serialization=True)
     report = {k: v for k, v in settings.items() if k != "vae_scaling_factor"} | {"seconds": round(state.seconds(), 1)}
     state.clear()
-    return report, build
+    return report, saved
 
 
 # --------------------------------------------------------------------------- model card
@@ -505,7 +512,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="unet stage: extra loss weight on the latent pixels of objects (0: a plain MSE)",
     )
     parser.add_argument("--weight_decay", type=float, default=1e-2)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _check(args)
+    return args
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Numbers that cannot work (argparse's float takes inf and nan) end in one line before any stage
+    starts: an infinite learning rate would pretrain a model of NaNs, and a run of hours would fail late."""
+    seed_in_range("--seed", args.seed)
+    for name in ("judge_steps", "vae_steps", "vae_batch_size", "unet_steps", "unet_batch_size"):
+        at_least(f"--{name}", getattr(args, name), 1)
+    at_least("--dataset_size", args.dataset_size, args.unet_batch_size, "each --unet_batch_size batch draws from it")
+    for name in ("vae_learning_rate", "learning_rate", "text_encoder_lr"):
+        positive(f"--{name}", getattr(args, name), "pass a positive learning rate such as 1e-3")
+    for name in ("vae_mse_weight", "object_weight", "weight_decay"):
+        at_least(f"--{name}", getattr(args, name), 0)
+    fraction("--layout_fraction", args.layout_fraction)
 
 
 VAE_CONTINUATIONS = 2  # phases after the first, each half as long as the one before, at half its learning rate
@@ -640,7 +663,7 @@ def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
     if _holds(output, prefix, command):
         print(f"{output} already holds the stage `{command}` on this VAE; delete {output / STAGES} to train it again")
         return
-    report, build = train_unet(
+    report, saved = train_unet(
         output,
         stage,
         args.unet_steps,
@@ -656,14 +679,17 @@ def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
         object_weight=args.object_weight,
     )
     stages.append({"stage": "text encoder + UNet", "command": command, "report": report})
-    write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
-    write_text_atomic(build / "README.md", _model_card(stages))
-    replace_dir_atomic(build, output)
-    shutil.rmtree(unet_stage_dir(output), ignore_errors=True)  # its cached dataset
+    with building(output, TOOL, shipped_ok=True) as build:
+        for part in saved.iterdir():
+            os.replace(part, build / part.name)
+        write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
+        write_text_atomic(build / "README.md", _model_card(stages))
+    remove_output(unet_stage_dir(output), TOOL)  # its cached dataset
     print(json.dumps(report))
 
 
 def _judge_stage(output: Path, vae_dir: Path, args: argparse.Namespace, command: str) -> None:
+    check_output(output, judge_mod.MADE_BY, "--output", shipped_ok=True)
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     print(json.dumps(judge_mod.train_judge(output, vae, steps=args.judge_steps, seed=args.seed, command=command)))
 
@@ -677,6 +703,7 @@ def main(argv: list[str] | None = None) -> None:
         _judge_stage(args.output or DATA / "toy-judge", args.vae, args, command)
         return
     output = (args.output or DATA / "toy-sd").resolve()
+    _check_folders(output, args.stage)
     if args.stage == "vae":
         _vae_stage(output, args, command)
     if args.stage == "unet":
@@ -688,6 +715,16 @@ def main(argv: list[str] | None = None) -> None:
         judge_argv = _judge_argv(output, args)
         judge_args = _parse(judge_argv)
         _judge_stage(judge_args.output or DATA / "toy-judge", judge_args.vae, judge_args, _command(judge_argv))
+
+
+def _check_folders(output: Path, stage: str) -> None:
+    """Refuse, before hours of training, a folder of the learner's or of another command that a stage
+    would write: the model folder, its two stage folders and, for `all`, the judge's folder beside it."""
+    check_output(output, TOOL, "--output", shipped_ok=True)
+    for folder in (vae_stage_dir(output), unet_stage_dir(output)):
+        check_output(folder, TOOL, STAGE_FLAG, shipped_ok=True)
+    if stage == "all":
+        check_output(output.with_name("toy-judge"), judge_mod.MADE_BY, "--output's judge folder", shipped_ok=True)
 
 
 def _all_stages(flags: list[str], output: Path, args: argparse.Namespace) -> list[list[str]]:

@@ -10,6 +10,7 @@ written by a different command is refused rather than silently mixed in.
 
 from __future__ import annotations
 
+import pickle
 import random
 import time
 from pathlib import Path
@@ -21,6 +22,25 @@ from helpers.core.atomic import save_torch_atomic
 from helpers.core.errors import UsageError
 
 STATE = "state.pt"
+
+
+def load_tensors(path: Path) -> Any:
+    """``torch.load`` of a file this course wrote: tensors, numbers, text and containers of them.
+
+    ``weights_only=True`` refuses any other pickled object, because unpickling one runs whatever code
+    it names (and torch before 2.6 unpickles anything by default). A file the loader refuses, or
+    cannot read, was not written whole by the course: one line, and it stays on disk untouched.
+    """
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(
+            f"{path} holds objects other than tensors, numbers and text, so it was not written by this course "
+            f"and is not loaded (unpickling them could run any code): delete it to start again"
+        ) from None
+    except (RuntimeError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{path} cannot be read ({reason}): delete it to start again") from None
 
 
 class StageState:
@@ -50,7 +70,7 @@ class StageState:
         """Load a saved state if there is one; the step to continue from (0 for a new run)."""
         if not self.path.exists():
             return 0
-        saved = torch.load(self.path, weights_only=False)
+        saved = load_tensors(self.path)
         if saved["settings"] != self.settings:
             raise UsageError(
                 f"{self.path} was written by a run with other settings ({saved['settings']}); "

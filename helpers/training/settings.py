@@ -8,11 +8,12 @@ field's ``help`` is its ``--flag``'s help (``helpers.core.cli.dataclass_parser``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from helpers.core.errors import UsageError
+from helpers.core.numbers import at_least, positive, seed_in_range
 from helpers.training.trackers import check_report_to
 
 
@@ -57,10 +58,6 @@ class TrainerSettings:
 
     def check(self) -> None:
         """The checks every trainer's settings need; each failure is one line that says what to change."""
-        if self.max_train_steps < 1 or self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise UsageError(
-                "--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be at least 1"
-            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UsageError(f"--mixed_precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -72,6 +69,32 @@ class TrainerSettings:
                 f"need to draw class images and samples: use {near}"
             )
         check_report_to(self.report_to)
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """argparse's float takes inf and nan, and nothing else stops a negative count: an infinite learning
+        rate trains a model of NaNs, a negative one fails deep in torch. Each is one line here instead."""
+        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps"):
+            at_least(f"--{name}", getattr(self, name), 1)
+        default_lr = next(f.default for f in fields(self) if f.name == "learning_rate")
+        positive("--learning_rate", self.learning_rate, f"pass a positive learning rate such as {default_lr}")
+        at_least("--adam_weight_decay", self.adam_weight_decay, 0, "pass 0 for no weight decay, or e.g. 1e-2")
+        at_least("--max_grad_norm", self.max_grad_norm, 0, "pass 0 for no gradient clipping, or e.g. 1.0")
+        at_least("--lr_warmup_steps", self.lr_warmup_steps, 0, "pass 0 for no warm-up")
+        at_least(
+            "--checkpointing_steps",
+            self.checkpointing_steps,
+            0,
+            "pass 0 for no checkpoints, or N for one every N steps",
+        )
+        at_least(
+            "--checkpoints_total_limit",
+            self.checkpoints_total_limit,
+            1,
+            "pass 1 or more, or leave it out to keep every checkpoint",
+        )
+        at_least("--logging_steps", self.logging_steps, 1, "pass 1 to log every step, or N for every N steps")
+        seed_in_range("--seed", self.seed)
 
     def learning_rate_scale(self, num_processes: int) -> int:
         """What ``--scale_lr`` multiplies the learning rates by: the samples of one optimizer step

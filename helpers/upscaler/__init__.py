@@ -32,6 +32,7 @@ from helpers.upscaler.quality import bicubic, psnr, score, subject_views_with_bo
 from helpers.upscaler.training import (
     MAX_BLUR,
     MAX_NOISE,
+    TOOL,
     FinetuneConfig,
     FitResult,
     degrade,
@@ -42,6 +43,7 @@ from helpers.upscaler.training import (
 )
 
 __all__ = [
+    "TOOL",
     "LOW",
     "HIGH",
     "RESIDUAL_SCALE",

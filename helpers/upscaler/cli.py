@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.core.atomic import replace_dir_atomic, write_text_atomic
+from helpers.core.atomic import write_text_atomic
+from helpers.core.folders import building, check_output, claim_output, staged
 from helpers.core.images import load_image_folder
+from helpers.core.numbers import at_least, positive, seed_in_range
 from helpers.core.paths import DATA
 from helpers.core.runtime import configure_cpu
-from helpers.training.loop import HISTORY
 from helpers.upscaler.model import (
     HIGH,
     LOW,
@@ -26,22 +27,21 @@ from helpers.upscaler.model import (
     check_sizes,
     load_upscaler,
 )
-from helpers.upscaler.training import MAX_BLUR, MAX_NOISE, FinetuneConfig, finetune, fit
+from helpers.upscaler.training import MAX_BLUR, MAX_NOISE, TOOL, FinetuneConfig, finetune, fit
 
 STAGES = "stages.json"
+UPSCALED = "helpers.upscaler upscale"  # its images: an `upscale` never replaces a model folder, nor the reverse
 
 
-def save(pipe: ToyUpscalePipeline, output: str | Path, stages: list[dict]) -> Path:
-    """Write the pipeline, its training history and a model card; the old folder survives a crash."""
-    output = Path(output).expanduser().resolve()
-    build = output.with_name(f".{output.name}.build")
-    pipe.save_pretrained(build, safe_serialization=True)
-    write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
-    write_text_atomic(build / "README.md", _model_card(stages))
-    for kept in [*output.glob("checkpoint-*"), output / HISTORY]:  # a fine-tune's, beside the model it made
-        if kept.exists():
-            os.replace(kept, build / kept.name)
-    replace_dir_atomic(build, output)
+def save(pipe: ToyUpscalePipeline, output: str | Path, stages: list[dict], shipped_ok: bool = False) -> Path:
+    """Write the pipeline, its training history and a model card into ``output``, a folder this command
+    made (``shipped_ok``: the shipped model's, for `pretrain`). A fine-tune's checkpoints and loss history
+    stay beside the new model, and a crash or a full disk leaves the earlier model whole."""
+    output = claim_output(output, TOOL, shipped_ok=shipped_ok)
+    with staged(output) as stage:
+        pipe.save_pretrained(stage, safe_serialization=True)
+        write_text_atomic(stage / STAGES, json.dumps(stages, indent=2))
+        write_text_atomic(stage / "README.md", _model_card(stages))
     return output
 
 
@@ -110,7 +110,25 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     up.add_argument("--output_dir", type=Path, required=True)
     up.add_argument("--num_inference_steps", type=int, default=10)
     up.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _check(args)
+    return args
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Numbers that cannot work (argparse's float takes inf and nan) end in one line before any model
+    loads; a fine-tune's are checked by the rules of its Python API, ``FinetuneConfig.check``."""
+    if args.command == "finetune":
+        names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+        FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names}).check()
+        return
+    seed_in_range("--seed", args.seed)
+    if args.command == "upscale":
+        at_least("--num_inference_steps", args.num_inference_steps, 1, "pass e.g. 10")
+        return
+    at_least("--max_train_steps", args.max_train_steps, 1)
+    at_least("--train_batch_size", args.train_batch_size, 1)
+    positive("--learning_rate", args.learning_rate, "pass a positive learning rate such as 1e-3")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,14 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_cpu()
     command = "python -m helpers.upscaler " + " ".join(shlex.quote(a) for a in argv)
     if args.command == "upscale":
-        images = load_image_folder(args.images)
-        check_sizes(images)
-        out = load_upscaler(args.model)(images, args.num_inference_steps, seed=args.seed, progress=True)
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        for k, img in enumerate(out):
-            img.save(args.output_dir / f"{k:04d}.png")
-        print(json.dumps({"images": len(out), "output_dir": str(args.output_dir)}))
+        _upscale(args)
         return
+    _claim(args)
     if args.command == "pretrain":
         torch.manual_seed(args.seed)
         pipe, stages = build_upscaler(), []
@@ -163,5 +176,28 @@ def main(argv: list[str] | None = None) -> None:
             "final_loss": float(np.mean(result.losses[-50:])),
         }
     )
-    out = save(pipe, args.output if args.command == "pretrain" else args.output_dir, stages)
+    pretrained = args.command == "pretrain"
+    out = save(pipe, args.output if pretrained else args.output_dir, stages, shipped_ok=pretrained)
     print(json.dumps(stages[-1] | {"output": str(out)}))
+
+
+def _claim(args: argparse.Namespace) -> None:
+    """Make and mark the folder a training command writes, before any training: `pretrain` may replace
+    the shipped model; `finetune` writes its checkpoints there, so never among the learner's photos."""
+    if args.command == "pretrain":
+        claim_output(args.output, TOOL, "--output", shipped_ok=True)
+    else:
+        claim_output(args.output_dir, TOOL, inputs={"--instance_data_dir": args.instance_data_dir})
+
+
+def _upscale(args: argparse.Namespace) -> None:
+    """Upscale a folder of images into ``--output_dir``, replaced whole; the folder is checked before the
+    model is loaded, so that the learner's own images are never mixed with or replaced by upscaled ones."""
+    check_output(args.output_dir, UPSCALED, inputs={"--images": args.images})
+    images = load_image_folder(args.images)
+    check_sizes(images)
+    out = load_upscaler(args.model)(images, args.num_inference_steps, seed=args.seed, progress=True)
+    with building(args.output_dir, UPSCALED) as build:
+        for k, img in enumerate(out):
+            img.save(build / f"{k:04d}.png")
+    print(json.dumps({"images": len(out), "output_dir": str(args.output_dir)}))

@@ -16,18 +16,22 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from helpers.core.errors import UsageError
+from helpers.core.folders import claim_output
+from helpers.core.numbers import at_least, positive, seed_in_range
 from helpers.toy import world as toyworld
 from helpers.training.loop import (
     LoopSettings,
     finish,
     make_accelerator,
     pretrained_checkpoints,
+    resolve_resume,
     resume,
     run_loop,
     step_generator,
 )
 from helpers.upscaler.model import HIGH, RESIDUAL_SCALE, ToyUpscalePipeline, condition, downsample, to_tensor
 
+TOOL = "helpers.upscaler"  # what marks the folders of `pretrain` and `finetune` (helpers.core.folders)
 MAX_BLUR, MAX_NOISE = 1.0, 0.04  # pretraining's conditioning augmentation: blur sigma (px), noise std
 
 
@@ -176,6 +180,19 @@ class FinetuneConfig:
     seed: int = 0
     progress: bool = True
 
+    def check(self) -> None:
+        """Numbers that cannot work end in one line before any step: an infinite learning rate would
+        train an upscaler of NaNs, a crop beyond the photo fails deep in torch."""
+        for name in ("max_train_steps", "train_batch_size"):
+            at_least(f"--{name}", getattr(self, name), 1)
+        positive("--learning_rate", self.learning_rate, "pass a positive learning rate such as 1e-3")
+        at_least("--augment", self.augment, 0, "pass 0 for no augmentation, or a fraction of pretraining's like 0.25")
+        if not 8 <= self.crop <= HIGH or self.crop % 8:
+            raise UsageError(f"crop must be a multiple of 8 from 8 to {HIGH} (got {self.crop}): pass e.g. 64")
+        at_least("--checkpointing_steps", self.checkpointing_steps, 0, "pass 0 for no checkpoints")
+        at_least("--checkpoints_total_limit", self.checkpoints_total_limit, 1, "pass 1 or more, or None for all")
+        seed_in_range("--seed", self.seed)
+
 
 def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: FinetuneConfig) -> FitResult:
     """Fine-tune ``pipe`` in place on (downsampled, original) pairs of ``images``, on the trainers'
@@ -183,12 +200,15 @@ def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: Finetu
     resume, a progress bar. Every random draw of a step comes from (seed, step), so a resumed run
     ends as an uninterrupted one. Conditioning augmentation is ``config.augment`` times
     pretraining's, so that the upscaler keeps the photos' own fine detail."""
+    config.check()
+    resolve_resume(Path(config.output_dir), config.resume_from_checkpoint, config.max_train_steps)  # before work
     wrong = sorted({i.size for i in images if i.size != (HIGH, HIGH)})
     if wrong:
         raise UsageError(
             f"upscaler training photos must be {HIGH}x{HIGH} (the output size); got "
             f"{', '.join(f'{w}x{h}' for w, h in wrong)}"
         )
+    claim_output(config.output_dir, TOOL)  # its checkpoints go there: a folder of the learner's is refused
     high_all, low_all = to_tensor(images), to_tensor(downsample(images))
     output_dir = Path(config.output_dir)
     acc = make_accelerator(output_dir, 1, "no")

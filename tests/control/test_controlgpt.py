@@ -26,7 +26,6 @@ def tiny_controlnet(tmp_path_factory):
             train_batch_size=2,
             progress=False,
             checkpointing_steps=0,
-            validation_steps=0,
         )
     )
     return root / "cn"
@@ -69,7 +68,7 @@ def test_evaluate_prints_one_json_object(tiny_controlnet, run_tool):
 
 def test_draw_writes_code_sketch_and_image(tiny_controlnet, tmp_path):
     out = controlgpt.draw_prompts(["a red dog above a blue cup"], tmp_path / "out", controlnet=tiny_controlnet, steps=2)
-    assert sorted(p.name for p in out.iterdir()) == ["000-sketch.png", "000.png", "000.tex"]
+    assert sorted(p.name for p in out.iterdir()) == [".made-by.json", "000-sketch.png", "000.png", "000.tex"]
     assert tikz.parse((out / "000.tex").read_text()).labels[0][0] == "dog"
 
 

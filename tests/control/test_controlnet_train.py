@@ -55,7 +55,6 @@ def _config(data_dir, out, **kw) -> ControlNetConfig:
         learning_rate=1e-3,
         progress=False,
         checkpointing_steps=0,
-        validation_steps=0,
     )
     return ControlNetConfig(**{**base, **kw})
 
@@ -148,8 +147,8 @@ def test_a_trained_controlnet_reloads_and_draws_the_same(data_dir, tmp_path, toy
 
 def test_bad_settings_get_one_clear_line(data_dir, tmp_path):
     with pytest.raises(UsageError, match="no train.jsonl"):
-        ControlNetTrainer(_config(tmp_path, tmp_path / "out"))
-    with pytest.raises(UsageError, match="--proportion_empty_prompts is a fraction"):
+        ControlNetTrainer(_config(tmp_path / "no-data", tmp_path / "out"))
+    with pytest.raises(UsageError, match="--proportion_empty_prompts must be a fraction between 0 and 1"):
         ControlNetTrainer(_config(data_dir, tmp_path, proportion_empty_prompts=1.5))
     with pytest.raises(UsageError, match="--validation_layouts .* needs --pretrained_model_name_or_path toy"):
         ControlNetTrainer(_config(data_dir, tmp_path, validation_layouts=4, pretrained_model_name_or_path="x/y"))
@@ -173,7 +172,7 @@ def test_command_line(data_dir, tmp_path, run_tool):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["steps"] == 2
     assert (tmp_path / "cn" / "config.json").exists()
-    bad = run_tool("controlnet", "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "x"))
+    bad = run_tool("controlnet", "--train_data_dir", str(tmp_path / "cn"), "--output_dir", str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no train.jsonl" in bad.stderr
 
 

@@ -1,6 +1,9 @@
 """The TikZ reader: the subset renders as written, anything else fails with its line and reason."""
 
 import random
+import re
+import signal
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -146,3 +149,69 @@ def test_node_names_can_be_drawn_as_code_squares():
     assert np.array_equal(np.asarray(tikz.render(code, 64, labels="none")), np.full((64, 64, 3), tikz.COLOURS["red"]))
     with pytest.raises(ValueError, match="labels must be one of text, glyph, none"):
         tikz.render(code, 64, labels="words")
+
+
+@contextmanager
+def _at_most(seconds: int):
+    """Fail, by interrupting it, whatever runs longer than ``seconds``: a ceiling, not a benchmark."""
+
+    def stop(*_):
+        raise TimeoutError(f"still reading after {seconds} s: the reader is not linear in its input")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+MIB = 1 << 20
+JUNK = {  # one MiB of what a broken or hostile planner might answer; each took seconds to hours before
+    "digits in a point": ("\\draw (" + "1" * MIB + ";", "a path starts with a point"),
+    "digits then junk in a step": ("\\draw (0,0) -- (" + "1" * MIB + "x;", "cannot read"),
+    "digits as a radius": ("\\draw (0,0) circle (" + "1" * MIB + "x);", "radius must be a number"),
+    "digits as a line width": ("\\draw[line width=" + "1" * MIB + "x] (0,0) -- (1,1);", "unsupported option"),
+    "spaces in a node": ("\\node" + " " * MIB + "x;", "unsupported command '\\node'"),
+    "ands in an ellipse": ("\\draw (0,0) ellipse (" + "and " * (MIB // 4) + ";", "cannot read"),
+    "semicolons": ("\\draw (0,0) -- (1,1)" + ";" * MIB, None),
+    "a statement over many lines": ("\\draw (0,0)\n" + "--(1,1)\n" * (MIB // 8) + ";", None),
+    "a path of 300000 steps": ("\\draw (0,0)" + "--(1,1)" * (2 * MIB // 7) + ";", None),  # 2 MiB: 13 s before
+}
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGALRM"), reason="needs SIGALRM to stop a runaway reader")
+@pytest.mark.parametrize("name", JUNK)
+def test_a_megabyte_of_junk_is_read_in_a_few_seconds_at_most(name):
+    body, reason = JUNK[name]
+    with _at_most(5):
+        if reason is None:
+            drawing = tikz.parse(_wrap(body))
+            assert drawing.shapes[0].kind == "path" and len(drawing.shapes[0].points) == body.count("(1,1)") + 1
+        else:
+            with pytest.raises(tikz.TikzError, match=re.escape(reason)):
+                tikz.parse(_wrap(body))
+
+
+def test_statements_split_over_lines_and_shared_lines_read_as_before():
+    drawing = tikz.parse(
+        _wrap(
+            "\\draw (0,0) -- (1,1); \\fill[red] (2,2)",
+            "  circle (0.5); ; \\draw (0,0) ellipse (1.5 and 0.5) -- (1.,-.5)",
+            "  rectangle (+2,3); \\node[blue]  (a)  at ( 4 , 5 )  {cup};",
+        )
+    )
+    assert [(s.kind, s.points, s.radii, s.line) for s in drawing.shapes] == [
+        ("path", [(0.0, 0.0), (1.0, 1.0)], (0.0, 0.0), 2),
+        ("circle", [(2.0, 2.0)], (0.5, 0.5), 2),
+        ("ellipse", [(0.0, 0.0)], (1.5, 0.5), 3),
+        ("path", [(0.0, 0.0), (1.0, -0.5)], (0.0, 0.0), 3),
+        ("rectangle", [(1.0, -0.5), (2.0, 3.0)], (0.0, 0.0), 3),
+        ("node", [(4.0, 5.0)], (0.0, 0.0), 4),
+    ]
+    assert drawing.shapes[1].fill == tikz.COLOURS["red"] and drawing.labels == [("cup", (4.0, 5.0))]
+    with pytest.raises(tikz.TikzError, match="line 2: an ellipse's x radius must be a number, got 'x'"):
+        tikz.parse(_wrap("\\draw (0,0) ellipse (x and 1);"))
+    with pytest.raises(tikz.TikzError, match=r"line 2: a coordinate 1000.5 is out of range"):
+        tikz.parse(_wrap("\\draw (0,0) -- (1000.5,1);"))

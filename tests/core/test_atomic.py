@@ -34,14 +34,3 @@ def test_an_image_is_saved_whole_in_the_format_its_suffix_names(tmp_path):
     with Image.open(tmp_path / "grid.png") as saved:
         assert saved.format == "PNG" and saved.size == (4, 2) and saved.getpixel((3, 1)) == (10, 20, 30)
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
-
-
-def test_replace_dir_swaps_complete_folders(tmp_path):
-    target, build = tmp_path / "model", tmp_path / "build"
-    target.mkdir()
-    (target / "a").write_text("old")
-    build.mkdir()
-    (build / "a").write_text("new")
-    atomic.replace_dir_atomic(build, target)
-    assert (target / "a").read_text() == "new" and not build.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

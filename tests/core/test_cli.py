@@ -31,7 +31,7 @@ def test_generate_then_evaluate(tmp_path, run_tool):
         str(out),
     )
     assert gen.returncode == 0, gen.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "generation.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".made-by.json", "00000.png", "00001.png", "generation.json"]
     assert json.loads((out / "generation.json").read_text())["num_inference_steps"] == 10
     ev = run_tool("evaluate", "--images", str(out), "--prompt", "a photo of a red dog")
     assert ev.returncode == 0, ev.stderr

@@ -2,6 +2,8 @@
 tests: a checkpoint at the last step, "checkpoint-N" names under --output_dir, the total limit,
 `--scale_lr`, and a checkpoint-N/unet that from_pretrained loads."""
 
+import shutil
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -11,8 +13,9 @@ from transformers import CLIPTextModel
 
 from helpers.core.cli import dataclass_parser
 from helpers.core.errors import UsageError
-from helpers.dreambooth.trainer import TrainConfig, train
-from helpers.training.loop import checkpoints
+from helpers.dreambooth import trainer as trainer_module
+from helpers.dreambooth.trainer import TrainConfig, Trainer, train
+from helpers.training.loop import TrainingDiverged, checkpoints
 
 
 def _config(out, **kw) -> TrainConfig:
@@ -71,3 +74,54 @@ def test_resume_names_that_are_not_this_runs_checkpoints_are_one_line_before_loa
     with pytest.raises(UsageError, match="is not in --output_dir .*pass that folder as --output_dir$"):
         train(_config(tmp_path / "b", resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2")))
     assert not (tmp_path / "b").exists()  # nothing started
+
+
+def test_a_new_run_into_a_folder_with_checkpoints_is_refused_before_loading_the_model(tmp_path, monkeypatch):
+    train(_config(tmp_path))  # checkpoint-2 and checkpoint-4
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(trainer_module, "load_parts", never)
+    with pytest.raises(UsageError, match="up to checkpoint-4.*--resume_from_checkpoint latest, or pass another"):
+        train(_config(tmp_path, max_train_steps=2, checkpoints_total_limit=1))
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+    """A 2-step run whose only checkpoint is checkpoint-2; tests damage a copy of it."""
+    out = tmp_path_factory.mktemp("two") / "run"
+    train(_config(out, max_train_steps=2))
+    return out
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.bin", "unet/diffusion_pytorch_model.safetensors"])
+def test_a_truncated_checkpoint_file_is_one_line_naming_it(two_steps, tmp_path, damaged):
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    path = out / "checkpoint-2" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UsageError, match=rf"^cannot resume from .*checkpoint-2: {damaged} is damaged \(.*\); there "
+                       "is none before it: start again in a new --output_dir$"):  # fmt: skip
+        train(_config(out, resume_from_checkpoint="latest"))
+
+
+def test_a_loss_that_turns_nan_stops_the_run_keeps_the_last_checkpoint_and_saves_no_model(tmp_path, monkeypatch):
+    real = Trainer._step_loss
+
+    def nan_at_step_3(self, step, micro):
+        loss, parts = real(self, step, micro)
+        return (loss * float("nan") if step == 2 else loss), parts
+
+    monkeypatch.setattr(Trainer, "_step_loss", nan_at_step_3)
+    with pytest.raises(TrainingDiverged, match="^the loss turned nan at step 3: .*; lower --learning_rate and resume "
+                       "from the last good checkpoint with --resume_from_checkpoint checkpoint-2$"):  # fmt: skip
+        train(_config(tmp_path))  # losses are read at steps 2 and 4 (checkpoints), not at 3
+    assert not (tmp_path / "model_index.json").exists() and not (tmp_path / "unet").exists()
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2"]
+    unet = UNet2DConditionModel.from_pretrained(tmp_path, subfolder="checkpoint-2/unet")
+    assert all(torch.isfinite(v).all() for v in unet.state_dict().values())
+    monkeypatch.setattr(Trainer, "_step_loss", real)
+    result = train(_config(tmp_path, learning_rate=1e-5, resume_from_checkpoint="checkpoint-2"))  # the fix it names
+    assert [h["lr"] for h in result.history] == [1e-4, 1e-4, 1e-5, 1e-5]

@@ -167,7 +167,7 @@ def test_class_image_cache_is_reused_only_for_the_same_settings(tmp_path, toy_pi
     assert cache_status(folder, changed) == "settings changed: seed 0 -> 1"
     _, third = class_images(folder, changed, factory, progress=False)
     assert third["reused"] is False and len(calls) == 2
-    (folder / "00001.png").unlink()
+    (folder / "class-00001.png").unlink()
     assert cache_status(folder, changed) == "files missing"
 
 

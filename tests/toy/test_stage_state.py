@@ -1,12 +1,13 @@
 """A pretraining stage killed part way and started again ends where an uninterrupted run ends."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 from helpers.core.errors import UsageError
-from helpers.toy.stage_state import STATE, StageState
+from helpers.toy.stage_state import STATE, StageState, load_tensors
 
 SETTINGS = {"steps": 6, "seed": 0}
 
@@ -42,7 +43,7 @@ def test_a_killed_stage_resumed_ends_with_the_uninterrupted_weights(tmp_path):
     whole = _run(tmp_path / "whole")
     with pytest.raises(Killed):
         _run(tmp_path / "killed", kill_after=4)
-    assert torch.load(tmp_path / "killed" / STATE, weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "killed" / STATE, weights_only=True)["step"] == 4
     resumed = _run(tmp_path / "killed")
     assert torch.equal(resumed.weight, whole.weight) and torch.equal(resumed.bias, whole.bias)
 
@@ -63,4 +64,35 @@ def test_the_wall_time_of_a_resumed_stage_counts_both_pieces(tmp_path):
     first.save()
     second = StageState(tmp_path, SETTINGS, {"model": model})
     assert second.resume() == 1
-    assert second.seconds() >= torch.load(tmp_path / STATE, weights_only=False)["elapsed"] > 10**9
+    assert second.seconds() >= torch.load(tmp_path / STATE, weights_only=True)["elapsed"] > 10**9
+
+
+def _touch(path: str) -> dict:
+    """What a hostile pickle runs when it is loaded: here, only a file that says it ran."""
+    Path(path).touch()
+    return {}
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return _touch, (str(self.marker),)
+
+
+def test_a_state_is_plain_tensors_and_numbers_and_a_pickled_object_is_refused_unrun(tmp_path):
+    state = StageState(tmp_path, SETTINGS, {"model": torch.nn.Linear(3, 1)}, rng=random.Random(0))
+    state.after_step(3)
+    state.save()
+    saved = torch.load(tmp_path / STATE, weights_only=True)  # what resume() reads: no arbitrary objects
+    assert saved["step"] == 3 and set(saved["objects"]["model"]) == {"weight", "bias"}
+    marker = tmp_path / "ran"
+    saved["objects"]["model"] = _Payload(marker)
+    torch.save(saved, tmp_path / STATE)
+    with pytest.raises(UsageError, match=r"state.pt holds objects other than tensors.* delete it to start") as err:
+        StageState(tmp_path, SETTINGS, {"model": torch.nn.Linear(3, 1)}).resume()
+    assert "\n" not in str(err.value) and not marker.exists()
+    (tmp_path / "cut.pt").write_bytes((tmp_path / STATE).read_bytes()[:100])
+    with pytest.raises(UsageError, match=r"cut.pt cannot be read \(.*\): delete it to start again"):
+        load_tensors(tmp_path / "cut.pt")
