@@ -46,6 +46,12 @@ def fraction(flag: str, value: float, fix: str | None = None) -> None:
         _refuse(flag, value, "a fraction between 0 and 1", fix or "pass a number from 0 to 1")
 
 
+def between(flag: str, value: float, low: float, high: float, fix: str | None = None) -> None:
+    """Refuse ``value`` unless it lies from ``low`` to ``high`` (NaN does not)."""
+    if not low <= value <= high:
+        _refuse(flag, value, f"between {low:g} and {high:g}", fix or f"pass a number from {low:g} to {high:g}")
+
+
 def seed_in_range(flag: str, value: int) -> None:
     """Refuse a seed outside 0 .. 2**32 - 1, the range numpy and diffusers' ``set_seed`` take."""
     if not 0 <= value < SEEDS:

@@ -1,9 +1,10 @@
-"""Pretrain the toy Stable Diffusion and the toy judge from scratch on the toy world.
+"""Pretrain the toy Stable Diffusion, the toy flow-matching model and the toy judge on the toy world.
 
     python -m helpers.pretrain vae   --output data/toy-sd
     python -m helpers.pretrain judge --output data/toy-judge --vae data/toy-sd/vae
     python -m helpers.pretrain unet  --output data/toy-sd
     python -m helpers.pretrain all   (VAE, UNet in three phases, judge: in order, with the defaults)
+    python -m helpers.pretrain flow  --output data/toy-flow --toy_sd data/toy-sd  (not part of `all` yet)
 
 The model's stages run in the order SD itself was built: an autoencoder first (so that diffusion
 happens in a small latent space), then the text encoder and UNet together on (latent, caption)
@@ -14,6 +15,10 @@ resumable (``helpers.toy.stage_state``): killed and started again with the same 
 from its last saved state, and a stage that is finished is skipped, so `all` started again goes on
 where it stopped. The model card written next to the weights records the exact command, seeds, steps
 and wall time of each stage.
+
+The flow-matching model (``helpers.toy.flow_model``) reuses the toy SD's VAE, tokenizer and text
+encoder, frozen, and trains its transformer alone (``helpers.toy.flow_pretrain``), in stages that
+resume and skip themselves as the UNet's do; its own stages follow the toy SD's in its stages.json.
 """
 
 from __future__ import annotations
@@ -29,33 +34,44 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from helpers.core.atomic import save_torch_atomic, write_text_atomic
+from helpers.core.atomic import write_text_atomic
 from helpers.core.errors import UsageError
 from helpers.core.folders import building, check_output, claim_output, remove_output
-from helpers.core.numbers import at_least, fraction, positive, seed_in_range
+from helpers.core.numbers import at_least, between, finite, fraction, positive, seed_in_range
 from helpers.core.paths import DATA
 from helpers.core.runtime import configure_cpu
-from helpers.diffusion.latents import vae_scale_factor
 from helpers.diffusion.losses import snr_weights
 from helpers.toy import judge as judge_mod
 from helpers.toy import model as toymodel
 from helpers.toy import tokenizer as toytokenizer
 from helpers.toy import world as toyworld
-from helpers.toy.stage_state import StageState, load_tensors
+from helpers.toy.flow_model import parameter_count
+from helpers.toy.flow_pretrain import FlowObjective, flow_stage_dir, train_flow
+from helpers.toy.pretrain_common import (
+    LAYOUT_FROM_TIMESTEP,
+    SAVE_EVERY_SECONDS,
+    STAGE_FLAG,
+    TOOL,
+    cached_dataset,
+    draw_batch,
+    layout_indices,
+    object_weights,
+    one_cycle,
+)
+from helpers.toy.stage_state import StageState
 from helpers.training.loop import denoising_target
 
 STAGES = "stages.json"  # every stage that produced the weights: command, seed, steps, time
-TOOL = "helpers.pretrain"  # the mark on the model folder and on its stage folders (helpers.core.folders)
-STAGE_FLAG = "--output's stage folder"  # how an error names a stage folder: it is --output's sibling
-SAVE_EVERY_SECONDS = 300.0  # how often a stage saves its state (helpers.toy.stage_state)
+FLOW_STAGE = "flow transformer"  # a flow stage's name in stages.json and on the card
+WEIGHTING_SCHEMES = ("sigma_sqrt", "logit_normal", "mode", "cosmap", "none")  # train_dreambooth_lora_sd3.py's
+MODE_SCALE_MAX = 2 / (math.pi - 2)
 HELD_OUT_RENDERS = 512  # fresh renders behind the VAE's scaling factor and its PSNR on the card
 HELD_OUT_SEED = 9 * 10**8  # their first seed, far from every training batch's
 
@@ -63,12 +79,6 @@ HELD_OUT_SEED = 9 * 10**8  # their first seed, far from every training batch's
 def _render_batch(seeds: range, names: dict) -> torch.Tensor:
     images = [toyworld.render(toyworld.random_sample(s, names).scene, seed=s) for s in seeds]
     return judge_mod.to_tensor(images)
-
-
-def _one_cycle(opt: torch.optim.Optimizer, lr: float | list[float], steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=steps, pct_start=0.05, anneal_strategy="cos", div_factor=10, final_div_factor=20
-    )
 
 
 # --------------------------------------------------------------------------- VAE
@@ -129,7 +139,7 @@ def train_vae(
         with torch.no_grad():
             vae.quant_conv.bias[vae.config.latent_channels :] = -6.0
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = _one_cycle(opt, lr, steps)
+    sched = one_cycle(opt, lr, steps)
     settings = {
         "steps": steps,
         "batch_size": batch_size,
@@ -170,66 +180,9 @@ def train_vae(
 # --------------------------------------------------------------------------- text encoder + UNet
 
 
-def object_coverage(labels: list[np.ndarray], factor: int) -> torch.Tensor:
-    """For each render's label map (0 background), the share of each latent pixel's ``factor`` x
-    ``factor`` patch that an object covers: a (N, 1, H / factor, W / factor) map in [0, 1]."""
-    covered = torch.from_numpy(np.stack([lab > 0 for lab in labels])).float()[:, None]
-    return F.avg_pool2d(covered, factor)
-
-
-def encode_dataset(vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """Render ``count`` captioned scenes and encode them to scaled latents once (SD caches nothing;
-    on a CPU, encoding every step would cost more than the UNet), with each latent's object
-    coverage (``object_coverage``)."""
-    names = toyworld.named_instances()
-    factor = vae_scale_factor(vae.config)
-    latents, captions, coverage = [], [], []
-    for i in tqdm(range(0, count, 256), desc="encode dataset"):
-        seeds = range(seed * 10**7 + i, seed * 10**7 + min(i + 256, count))
-        samples = [toyworld.random_sample(s, names) for s in seeds]
-        rendered = [toyworld.render_with_mask(sm.scene, seed=s) for sm, s in zip(samples, seeds)]
-        x = judge_mod.to_tensor([image for image, _ in rendered])
-        with torch.no_grad():
-            latents.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
-        coverage.append(object_coverage([labels for _, labels in rendered], factor))
-        captions += [sm.caption for sm in samples]
-    return torch.cat(latents), captions, torch.cat(coverage)
-
-
 def unet_stage_dir(output: Path) -> Path:
     """Where the text encoder + UNet stage keeps its encoded dataset and its state while it runs."""
     return output.with_name(f"{output.name}-unet-stage")
-
-
-def cached_dataset(
-    work: Path, vae: AutoencoderKL, count: int, seed: int
-) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """``encode_dataset``, kept in ``work`` so that a resumed stage does not encode it again."""
-    path = work / f"dataset-{seed}-{count}-{vae.config.scaling_factor}.pt"
-    if path.exists():
-        saved = load_tensors(path)
-        return saved["latents"], saved["captions"], saved["coverage"]
-    latents, captions, coverage = encode_dataset(vae, count, seed)
-    work.mkdir(parents=True, exist_ok=True)
-    save_torch_atomic({"latents": latents, "captions": captions, "coverage": coverage}, path)
-    return latents, captions, coverage
-
-
-LAYOUT_PHRASES = tuple(toyworld.POSITION_PHRASES.values())
-LAYOUT_FROM_TIMESTEP = 800  # a layout batch's timesteps: the fifth of the schedule where the layout is decided
-
-
-def layout_indices(captions: list[str]) -> list[int]:
-    """The scenes whose caption says where the object is ("on the left"): what a layout batch draws from."""
-    return [i for i, caption in enumerate(captions) if any(p in caption for p in LAYOUT_PHRASES)]
-
-
-def draw_batch(
-    rng: random.Random, size: int, batch_size: int, layout: list[int], layout_fraction: float
-) -> tuple[torch.Tensor, int]:
-    """Indices of one batch, and how many at its end are a layout batch (drawn from ``layout``)."""
-    n_layout = round(batch_size * layout_fraction)
-    return torch.tensor(rng.sample(range(size), batch_size - n_layout) + rng.choices(layout, k=n_layout)), n_layout
 
 
 def draw_timesteps(batch_size: int, n_layout: int, num_train_timesteps: int) -> torch.Tensor:
@@ -238,17 +191,6 @@ def draw_timesteps(batch_size: int, n_layout: int, num_train_timesteps: int) -> 
     if n_layout:
         t[batch_size - n_layout :] = torch.randint(LAYOUT_FROM_TIMESTEP, num_train_timesteps, (n_layout,))
     return t
-
-
-def object_weights(coverage: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """Per-latent-pixel loss weights: 1 on the background, 1 + ``object_weight`` on and next to an
-    object (its coverage widened by one latent pixel, so that its edges count as the object).
-
-    An object covers about a tenth of the latent pixels, and a white cat on snow differs from its
-    ground by little in latent space: under a plain MSE, a missing outline costs almost nothing,
-    and the model learns to draw a faint blob. Weighting the object puts the loss where the prompt's
-    words are."""
-    return 1 + object_weight * F.max_pool2d(coverage, 3, stride=1, padding=1)
 
 
 def unet_loss(
@@ -330,7 +272,7 @@ def train_unet(
         lr=lr,
         weight_decay=weight_decay,
     )
-    sched = _one_cycle(opt, [text_encoder_lr, lr], steps)
+    sched = one_cycle(opt, [text_encoder_lr, lr], steps)
     ema = EMAModel(params, decay=0.999, foreach=True)
     settings = {
         "steps": steps,
@@ -396,27 +338,50 @@ def train_unet(
 # --------------------------------------------------------------------------- model card
 
 
+def _vae_notes(r: dict) -> str:
+    return (
+        f"fresh renders, L1 + {r['mse_weight']:g} x MSE, peak lr {r['learning_rate']}, "
+        f"held-out PSNR {r['held_out_psnr_db']} dB, scaling factor {r['scaling_factor']}"
+        f"{', continued from the row above' if r['continued'] else ''}"
+    )
+
+
+def _batch_notes(r: dict) -> str:
+    """What a denoiser stage's batches held beyond plain scenes: layout batches, weighted object pixels."""
+    layout = f", {r['layout_fraction']:.0%} layout batches" if r["layout_fraction"] else ""
+    return layout + (f", object pixels weighted {1 + r['object_weight']:g}x" if r.get("object_weight") else "")
+
+
+def _unet_notes(r: dict) -> str:
+    loss = (
+        "v-prediction MSE on the zero-SNR schedule"
+        if r["prediction_type"] == "v_prediction"
+        else "epsilon prediction, min-SNR 5"
+    )
+    return (
+        f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']} "
+        f"(text encoder {r['text_encoder_lr']}), weight decay {r['weight_decay']:g}, {loss}{_batch_notes(r)}, "
+        f"EMA 0.999, 10% empty captions{', continued from the row above' if r.get('init_from') else ''}"
+    )
+
+
+def _flow_notes(r: dict) -> str:
+    scheme = r["weighting_scheme"]
+    drawn = {
+        "logit_normal": f"t logit-normal (mean {r['logit_mean']:g}, std {r['logit_std']:g})",
+        "mode": f"t by mode sampling (scale {r['mode_scale']:g})",
+    }.get(scheme, "t uniform")
+    weighted = f", loss weighted by {scheme}" if scheme in ("sigma_sqrt", "cosmap") else ""
+    return (
+        f"{r['dataset_size']} cached latents of fresh scenes, transformer only, peak lr {r['learning_rate']}, "
+        f"weight decay {r['weight_decay']:g}, velocity MSE, {drawn}{weighted}{_batch_notes(r)}, EMA 0.999, "
+        f"{r['cfg_dropout']:.0%} empty captions{', continued from the row above' if r.get('init_from') else ''}"
+    )
+
+
 def _stage_row(entry: dict) -> str:
     r = entry["report"]
-    if entry["stage"] == "VAE":
-        notes = (
-            f"fresh renders, L1 + {r['mse_weight']:g} x MSE, peak lr {r['learning_rate']}, "
-            f"held-out PSNR {r['held_out_psnr_db']} dB, scaling factor {r['scaling_factor']}"
-            f"{', continued from the row above' if r['continued'] else ''}"
-        )
-    else:
-        loss = (
-            "v-prediction MSE on the zero-SNR schedule"
-            if r["prediction_type"] == "v_prediction"
-            else "epsilon prediction, min-SNR 5"
-        )
-        layout = f", {r['layout_fraction']:.0%} layout batches" if r["layout_fraction"] else ""
-        layout += f", object pixels weighted {1 + r['object_weight']:g}x" if r.get("object_weight") else ""
-        notes = (
-            f"{r['dataset_size']} cached latents of fresh scenes, peak lr {r['learning_rate']} "
-            f"(text encoder {r['text_encoder_lr']}), weight decay {r['weight_decay']:g}, {loss}{layout}, "
-            f"EMA 0.999, 10% empty captions{', continued from the row above' if r.get('init_from') else ''}"
-        )
+    notes = {"VAE": _vae_notes, FLOW_STAGE: _flow_notes}.get(entry["stage"], _unet_notes)(r)
     return (
         f"| {entry['stage']} | `{entry['command']}` | {r['steps']} | {r['batch_size']} | {r['seed']} | "
         f"{r['seconds']} s | {notes} |"
@@ -452,11 +417,74 @@ The training data are toy renders only; the model draws nothing but the toy worl
 """
 
 
+def _flow_card(stages: list[dict], first: int, toy_sd: Path, output: Path, saved: Path) -> str:
+    """The flow model's card: what it is, how to call it, and its own stages (``stages[first:]``; the
+    ones before made the toy SD it reads, and are on that model's card)."""
+    own = stages[first:]
+    transformer = SD3Transformer2DModel.from_pretrained(saved, subfolder="transformer")
+    c = transformer.config
+    size = (
+        f"patch {c.patch_size} on the toy's {c.in_channels}x{c.sample_size}x{c.sample_size} latents, "
+        f"{c.num_layers} joint blocks of {c.num_attention_heads} heads of {c.attention_head_dim}, "
+        f"{parameter_count(transformer) / 1e6:.1f} M parameters"
+    )
+    shift = json.loads((saved / "scheduler" / "scheduler_config.json").read_text())["shift"]
+    rows = "\n".join(_stage_row(e) for e in own)
+    minutes = sum(e["report"]["seconds"] for e in own) / 60
+    return f"""---
+library_name: diffusers
+pipeline_tag: text-to-image
+tags: [stable-diffusion-3, flow-matching, toy, education]
+---
+# Toy flow-matching model (SD3 family, 64x64, CPU)
+
+A real `StableDiffusion3Pipeline`, the family of SD 3 and 3.5, at the toy's 64x64 pixels:
+`SD3Transformer2DModel` (MMDiT: {size}),
+`FlowMatchEulerDiscreteScheduler` with shift {shift} (`helpers.toy.flow_model.SHIFT` says why), and the
+toy SD's AutoencoderKL, CLIP tokenizer and text encoder, the encoder as SD3's two CLIP encoders with
+projection (the second reads it one layer deeper). Only the transformer was trained, from scratch, on the
+course's procedural toy world, with the objective of diffusers' `train_dreambooth_lora_sd3.py`: the
+velocity `noise - x_0` along the straight line `x_t = (1 - t) x_0 + t noise`. It exists so that the
+flow-matching lessons run on a laptop CPU and in CI without a network.
+
+There is no T5 encoder (`text_encoder_3` and `tokenizer_3` are null). In its place the pipeline feeds the
+transformer `max_sequence_length` tokens of zeros (256 unless the call says otherwise), unmasked: N
+identical tokens act in attention as one token whose logit gains log N, so a model trained with one N
+draws differently with another. This one was trained with none: call it with `max_sequence_length=0`
+(`helpers.toy.flow_model.MAX_SEQUENCE_LENGTH`), which also keeps a step about five times cheaper on a CPU.
+
+Produced by these commands, in this order, {minutes:.0f} minutes in all on a 2-core CPU. Each stage saves
+its state every five minutes: killed and started again, it goes on from there.
+
+| stage | command | steps | batch | seed | wall time | notes |
+|---|---|---|---|---|---|---|
+{rows}
+
+The VAE, tokenizer and text encoder are those of the toy SD in `{_shown(toy_sd)}`, frozen: the {first}
+stages on its card made them, and `stages.json` here lists them first.
+
+Load it offline with
+
+```python
+from helpers.toy.flow_model import MAX_SEQUENCE_LENGTH, load_pipeline
+
+pipe = load_pipeline("{_shown(output)}")
+image = pipe(
+    "a photo of a red dog on the left", height=64, width=64, max_sequence_length=MAX_SEQUENCE_LENGTH
+).images[0]
+```
+
+(`StableDiffusion3Pipeline.from_pretrained` refuses a folder saved without T5 unless the call passes
+`text_encoder_3=None, tokenizer_3=None`; `load_pipeline` does.) The training data are toy renders only; the
+model draws nothing but the toy world.
+"""
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m helpers.pretrain", description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=("judge", "vae", "unet", "all"))
+    parser.add_argument("stage", choices=("judge", "vae", "unet", "all", "flow"))
     parser.add_argument(
-        "--output", type=Path, default=None, help="output folder (default: data/toy-sd or data/toy-judge)"
+        "--output", type=Path, default=None, help="output folder (default: data/toy-sd, data/toy-judge, data/toy-flow)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--judge_steps", type=int, default=1200)
@@ -483,9 +511,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--unet_steps", type=int, default=5000)
     parser.add_argument("--unet_batch_size", type=int, default=64)
     parser.add_argument("--dataset_size", type=int, default=80000)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument(
-        "--init_from", type=Path, default=None, help="unet stage: continue from this pipeline's text encoder and UNet"
+        "--learning_rate", type=float, default=1e-3, help="unet and flow stages: the peak learning rate"
+    )
+    parser.add_argument(
+        "--init_from",
+        type=Path,
+        default=None,
+        help="unet stage: continue from this pipeline's text encoder and UNet; flow stage: from its transformer",
     )
     parser.add_argument(
         "--prediction_type",
@@ -497,7 +530,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--layout_fraction",
         type=float,
         default=0.0,
-        help="unet stage: share of each batch drawn from captions that name a place, at high noise",
+        help="unet and flow stages: share of each batch drawn from captions that name a place, at high noise",
     )
     parser.add_argument(
         "--text_encoder_lr",
@@ -509,26 +542,58 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--object_weight",
         type=float,
         default=0.0,
-        help="unet stage: extra loss weight on the latent pixels of objects (0: a plain MSE)",
+        help="unet and flow stages: extra loss weight on the latent pixels of objects (0: a plain MSE)",
     )
     parser.add_argument("--weight_decay", type=float, default=1e-2)
+    _add_flow_flags(parser)
     args = parser.parse_args(argv)
     _check(args)
     return args
+
+
+def _add_flow_flags(parser: argparse.ArgumentParser) -> None:
+    """The flow stage's own flags; its objective's keep the names of diffusers' train_dreambooth_lora_sd3.py."""
+    default = FlowObjective()
+    parser.add_argument("--flow_steps", type=int, default=5500)
+    parser.add_argument("--flow_batch_size", type=int, default=64)
+    parser.add_argument(
+        "--toy_sd",
+        type=Path,
+        default=DATA / "toy-sd",
+        help="flow stage: the toy SD whose VAE, tokenizer and text encoder the flow model reads, frozen",
+    )
+    parser.add_argument(
+        "--weighting_scheme",
+        choices=WEIGHTING_SCHEMES,
+        default=default.weighting_scheme,
+        help="flow stage: how t is drawn (logit_normal, mode, else uniform) and the loss weighted",
+    )
+    parser.add_argument("--logit_mean", type=float, default=default.logit_mean, help="flow stage: logit_normal's mean")
+    parser.add_argument("--logit_std", type=float, default=default.logit_std, help="flow stage: logit_normal's std")
+    parser.add_argument(
+        "--mode_scale", type=float, default=default.mode_scale, help="flow stage: mode sampling's scale"
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
     """Numbers that cannot work (argparse's float takes inf and nan) end in one line before any stage
     starts: an infinite learning rate would pretrain a model of NaNs, and a run of hours would fail late."""
     seed_in_range("--seed", args.seed)
-    for name in ("judge_steps", "vae_steps", "vae_batch_size", "unet_steps", "unet_batch_size"):
+    for name in ("judge_steps", "vae_steps", "vae_batch_size", "unet_steps", "unet_batch_size", "flow_steps"):
         at_least(f"--{name}", getattr(args, name), 1)
-    at_least("--dataset_size", args.dataset_size, args.unet_batch_size, "each --unet_batch_size batch draws from it")
+    at_least("--flow_batch_size", args.flow_batch_size, 1)
+    batch = "flow_batch_size" if args.stage == "flow" else "unet_batch_size"
+    at_least("--dataset_size", args.dataset_size, getattr(args, batch), f"each --{batch} batch draws from it")
     for name in ("vae_learning_rate", "learning_rate", "text_encoder_lr"):
         positive(f"--{name}", getattr(args, name), "pass a positive learning rate such as 1e-3")
     for name in ("vae_mse_weight", "object_weight", "weight_decay"):
         at_least(f"--{name}", getattr(args, name), 0)
     fraction("--layout_fraction", args.layout_fraction)
+    finite("--logit_mean", args.logit_mean)
+    positive("--logit_std", args.logit_std, "pass a positive spread such as 1.0")
+    # The SD3 paper's range, where mode sampling maps [0, 1] onto itself one to one; outside it a drawn t
+    # leaves [0, 1] and indexes past the scheduler's timesteps.
+    between("--mode_scale", args.mode_scale, -1.0, MODE_SCALE_MAX, "pass a scale such as 1.29, SD3's")
 
 
 VAE_CONTINUATIONS = 2  # phases after the first, each half as long as the one before, at half its learning rate
@@ -638,8 +703,8 @@ def _vae_stage(output: Path, args: argparse.Namespace, command: str) -> None:
 
 
 def _holds(output: Path, prefix: list[dict], command: str) -> bool:
-    """Whether the pipeline in ``output`` was made on top of ``prefix`` (its VAE's phases) by a chain
-    of stages that includes ``command``."""
+    """Whether the pipeline in ``output`` was made on top of ``prefix`` (its VAE's phases, or the toy SD's
+    stages for a flow model) by a chain of stages that includes ``command``."""
     path = output / STAGES
     if not path.exists():
         return False
@@ -679,12 +744,78 @@ def _unet_stage(output: Path, args: argparse.Namespace, command: str) -> None:
         object_weight=args.object_weight,
     )
     stages.append({"stage": "text encoder + UNet", "command": command, "report": report})
+    _install(output, saved, stages, _model_card(stages), unet_stage_dir(output))
+    print(json.dumps(report))
+
+
+def _install(output: Path, saved: Path, stages: list[dict], card: str, stage_dir: Path) -> None:
+    """Swap the pipeline that a stage saved into ``output`` whole, with its stages and card (a crash leaves
+    the old model as it was), then delete the stage folder and the cached dataset in it."""
     with building(output, TOOL, shipped_ok=True) as build:
         for part in saved.iterdir():
             os.replace(part, build / part.name)
         write_text_atomic(build / STAGES, json.dumps(stages, indent=2))
-        write_text_atomic(build / "README.md", _model_card(stages))
-    remove_output(unet_stage_dir(output), TOOL)  # its cached dataset
+        write_text_atomic(build / "README.md", card)
+    remove_output(stage_dir, TOOL)
+
+
+def _pipeline_class(folder: Path) -> str | None:
+    index = folder / "model_index.json"
+    return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+
+
+def _toy_sd_stages(toy_sd: Path) -> list[dict]:
+    """The stages that made the toy SD whose parts a flow model reads: the first rows of that model's
+    stages.json, so that a flow stage on another toy SD is neither skipped nor continued from."""
+    if _pipeline_class(toy_sd) != "StableDiffusionPipeline":
+        raise UsageError(f"--toy_sd {toy_sd} holds no toy SD: pass the folder `python -m helpers.pretrain all` made")
+    path = toy_sd / STAGES
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _flow_chain(init_from: Path | None, toy_sd: Path, prefix: list[dict]) -> list[dict]:
+    """The stages a new flow stage adds its row to: those of the flow model in ``init_from``, made on the
+    toy SD of ``prefix``, or the toy SD's alone for a first stage."""
+    if init_from is None:
+        return list(prefix)
+    if _pipeline_class(init_from) != "StableDiffusion3Pipeline" or not (init_from / STAGES).exists():
+        raise UsageError(
+            f"--init_from {init_from} holds no toy flow model: pass a folder `python -m helpers.pretrain flow` made"
+        )
+    stages = json.loads((init_from / STAGES).read_text())
+    if stages[: len(prefix)] != prefix:
+        raise UsageError(
+            f"{init_from} was trained on another toy SD than {toy_sd}: pass that one as --toy_sd, "
+            "or train a first flow stage without --init_from"
+        )
+    return stages
+
+
+def _flow_stage(output: Path, args: argparse.Namespace, command: str) -> None:
+    prefix = _toy_sd_stages(args.toy_sd)
+    stages = _flow_chain(args.init_from, args.toy_sd, prefix)
+    if _holds(output, prefix, command):
+        print(
+            f"{output} already holds the stage `{command}` on this toy SD; delete {output / STAGES} to train it again"
+        )
+        return
+    report, saved = train_flow(
+        output,
+        args.flow_steps,
+        args.flow_batch_size,
+        args.seed,
+        args.dataset_size,
+        args.learning_rate,
+        toy_sd=args.toy_sd,
+        init_from=args.init_from,
+        objective=FlowObjective(args.weighting_scheme, args.logit_mean, args.logit_std, args.mode_scale),
+        layout_fraction=args.layout_fraction,
+        object_weight=args.object_weight,
+        weight_decay=args.weight_decay,
+    )
+    stages.append({"stage": FLOW_STAGE, "command": command, "report": report})
+    card = _flow_card(stages, len(prefix), args.toy_sd, output, saved)
+    _install(output, saved, stages, card, flow_stage_dir(output))
     print(json.dumps(report))
 
 
@@ -702,8 +833,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "judge":
         _judge_stage(args.output or DATA / "toy-judge", args.vae, args, command)
         return
-    output = (args.output or DATA / "toy-sd").resolve()
-    _check_folders(output, args.stage)
+    output = (args.output or DATA / ("toy-flow" if args.stage == "flow" else "toy-sd")).resolve()
+    _check_folders(output, args)
+    if args.stage == "flow":
+        _flow_stage(output, args, command)
     if args.stage == "vae":
         _vae_stage(output, args, command)
     if args.stage == "unet":
@@ -717,13 +850,17 @@ def main(argv: list[str] | None = None) -> None:
         _judge_stage(judge_args.output or DATA / "toy-judge", judge_args.vae, judge_args, _command(judge_argv))
 
 
-def _check_folders(output: Path, stage: str) -> None:
+def _check_folders(output: Path, args: argparse.Namespace) -> None:
     """Refuse, before hours of training, a folder of the learner's or of another command that a stage
-    would write: the model folder, its two stage folders and, for `all`, the judge's folder beside it."""
+    would write: the model folder, its stage folders and, for `all`, the judge's folder beside it."""
+    if args.stage == "flow":
+        check_output(output, TOOL, "--output", inputs={"--toy_sd": args.toy_sd}, shipped_ok=True)
+        check_output(flow_stage_dir(output), TOOL, STAGE_FLAG, shipped_ok=True)
+        return
     check_output(output, TOOL, "--output", shipped_ok=True)
     for folder in (vae_stage_dir(output), unet_stage_dir(output)):
         check_output(folder, TOOL, STAGE_FLAG, shipped_ok=True)
-    if stage == "all":
+    if args.stage == "all":
         check_output(output.with_name("toy-judge"), judge_mod.MADE_BY, "--output's judge folder", shipped_ok=True)
 
 

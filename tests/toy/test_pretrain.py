@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from helpers.toy import model as toymodel
-from helpers.toy import pretrain
+from helpers.toy import pretrain, pretrain_common
 
 TINY = [
     "--vae_steps",
@@ -159,11 +159,11 @@ def test_object_coverage_is_the_share_of_each_latent_patch_an_object_covers():
 
     scene = world.Scene((world.Placed(world.Instance("cat", "white", "red", "plain"), 0.5, 0.6, 0.4),), "snow")
     image, labels = world.render_with_mask(scene, seed=3)
-    coverage = pretrain.object_coverage([labels, labels * 0], 4)
+    coverage = pretrain_common.object_coverage([labels, labels * 0], 4)
     assert coverage.shape == (2, 1, 16, 16) and coverage[1].max() == 0
     assert torch.isclose(coverage[0].mean(), torch.tensor((labels > 0).mean(), dtype=torch.float32))
     assert coverage[0, 0, 4, 4] == float((labels[16:20, 16:20] > 0).mean())
-    weights = pretrain.object_weights(coverage, 4.0)
+    weights = pretrain_common.object_weights(coverage, 4.0)
     assert weights[1].eq(1).all() and weights[0].max() == 5.0
     assert (weights[0] > 1).sum() > (coverage[0] > 0).sum()  # widened by one latent pixel
 

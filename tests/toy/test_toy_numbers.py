@@ -20,6 +20,11 @@ PRETRAIN_BAD = [
     ("text_encoder_lr", "0"),
     ("object_weight", "-1"),
     ("weight_decay", "inf"),
+    ("flow_steps", "0"),
+    ("flow_batch_size", "-1"),
+    ("logit_mean", "nan"),
+    ("logit_std", "0"),
+    ("mode_scale", "2.5"),
 ]
 
 
