@@ -37,6 +37,7 @@ from helpers.toy.pretrain_common import (
     layout_indices,
     object_weights,
     one_cycle,
+    optimizer_step,
 )
 from helpers.toy.stage_state import StageState
 
@@ -225,15 +226,7 @@ def train_flow(
         embeds, pooled = cache.batch(idx, torch.rand(batch_size) < cfg_dropout)
         weights = object_weights(coverage[idx], object_weight)
         loss = step_loss(transformer, noise_scheduler, objective, latents[idx], embeds, pooled, n_layout, weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
-        state.after_step(step + 1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        optimizer_step(loss, opt, sched, ema, params, state, step, bar)
     ema.copy_to(params)
     saved = work / "pipeline"
     pipe.save_pretrained(saved, safe_serialization=True)

@@ -64,6 +64,7 @@ from helpers.toy.pretrain_common import (
     layout_indices,
     object_weights,
     one_cycle,
+    optimizer_step,
 )
 from helpers.toy.stage_state import StageState
 from helpers.training.loop import denoising_target
@@ -308,15 +309,7 @@ def train_unet(
         xt = noise_scheduler.add_noise(x0, noise, t)
         pred = unet(xt, t, text_encoder(batch_ids)[0]).sample
         loss = unet_loss(pred, noise_scheduler, x0, noise, t, weights=object_weights(coverage[idx], object_weight))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
-        state.after_step(step + 1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        optimizer_step(loss, opt, sched, ema, params, state, step, bar)
     ema.copy_to(params)
     pipe = StableDiffusionPipeline(
         vae=vae,

@@ -103,3 +103,18 @@ def object_weights(coverage: torch.Tensor, object_weight: float) -> torch.Tensor
     and the model learns to draw a faint blob. Weighting the object puts the loss where the prompt's
     words are."""
     return 1 + object_weight * F.max_pool2d(coverage, 3, stride=1, padding=1)
+
+
+def optimizer_step(loss: torch.Tensor, opt, sched, ema, params: list, state, step: int, bar) -> None:
+    """What every step of a denoiser's pretraining does after its loss, written once for the UNet and the
+    flow transformer: backward, clip at 1, step the optimizer, schedule and EMA, let the stage state save
+    on time (``helpers.toy.stage_state``), and show the loss every 50 steps (a host sync, so not every step)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    ema.step(params)
+    state.after_step(step + 1)
+    if step % 50 == 0:
+        bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -182,12 +182,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _claim(args: argparse.Namespace) -> None:
-    """Make and mark the folder a training command writes, before any training: `pretrain` may replace
-    the shipped model; `finetune` writes its checkpoints there, so never among the learner's photos."""
+    """The folder a training command writes, checked before the model loads: `pretrain` (which may replace
+    the shipped model) makes and marks it here; `finetune` writes its checkpoints there, so never among the
+    learner's photos, and ``finetune()`` itself makes and marks it."""
     if args.command == "pretrain":
         claim_output(args.output, TOOL, "--output", shipped_ok=True)
     else:
-        claim_output(args.output_dir, TOOL, inputs={"--instance_data_dir": args.instance_data_dir})
+        check_output(args.output_dir, TOOL, inputs={"--instance_data_dir": args.instance_data_dir})
 
 
 def _upscale(args: argparse.Namespace) -> None:
