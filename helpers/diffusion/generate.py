@@ -42,13 +42,14 @@ def iter_batches(
     batch_size: int = 8,
     progress: bool = False,
     resolution: int | None = None,
+    desc: str = "generate (batches)",
     **pipe_kwargs,
 ) -> Iterator[list[Image.Image]]:
     """The images of `generate_images`, one batch at a time as each is drawn: a caller that saves
-    every batch keeps what was drawn when a long run is interrupted."""
+    every batch keeps what was drawn when a long run is interrupted. ``desc`` labels the progress bar."""
     device = pipe.device.type if pipe.device.type != "mps" else "cpu"
     starts = range(0, num_images, batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2):
+    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2):
         n = min(batch_size, num_images - start)
         gens = [torch.Generator(device).manual_seed(seed + start + i) for i in range(n)]
         out = pipe(

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from helpers.core.atomic import save_image_atomic, write_text_atomic
 from helpers.core.errors import UsageError
@@ -94,15 +93,6 @@ def read_manifest(folder: Path) -> dict | None:
         return None
 
 
-def _generated(folder: Path, settings: PriorSettings) -> list[str]:
-    """The images an earlier call drew for these settings (any count), in seed order: the manifest's
-    files while its settings match, and none when they do not (they will be drawn again)."""
-    manifest = read_manifest(folder) or {}
-    if _changed(manifest, settings):
-        return []
-    return list(manifest.get("files", []))
-
-
 def _changed(manifest: dict, settings: PriorSettings) -> list[str]:
     """The settings that differ from the manifest's, the count aside (more or fewer images of the same
     settings are the same images: image i is drawn from seed + i)."""
@@ -110,13 +100,13 @@ def _changed(manifest: dict, settings: PriorSettings) -> list[str]:
     return [k for k, v in asdict(settings).items() if k != "count" and saved.get(k) != v]
 
 
-def learner_images(folder: str | Path) -> list[Path]:
+def learner_images(folder: str | Path, manifest: dict | None = None) -> list[Path]:
     """The images a learner put in the class folder themselves (any image the manifest does not list),
     sorted: they are kept and used, as diffusers' DreamBooth script uses the images it finds there."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    ours = set((read_manifest(folder) or {}).get("files", []))
+    ours = set((manifest or read_manifest(folder) or {}).get("files", []))
     return [
         p
         for p in sorted(folder.iterdir())
@@ -128,7 +118,11 @@ def cache_status(folder: str | Path, settings: PriorSettings) -> str:
     """'valid', 'missing' or a sentence saying what must be drawn again and why."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    needed = max(0, settings.count - len(learner_images(folder)))
+    return _status(folder, settings, manifest, max(0, settings.count - len(learner_images(folder, manifest))))
+
+
+def _status(folder: Path, settings: PriorSettings, manifest: dict | None, needed: int) -> str:
+    """``cache_status`` of a folder whose manifest is read and which lacks ``needed`` drawn images."""
     if manifest is None:
         return "valid" if needed == 0 else "missing"
     changed = _changed(manifest, settings)
@@ -172,45 +166,55 @@ def class_images(
     "seconds", "learner", "generated"}.
     """
     folder = Path(folder)
-    learner = learner_images(folder)[: settings.count]
+    manifest = read_manifest(folder)
+    learner = learner_images(folder, manifest)[: settings.count]
     needed = settings.count - len(learner)
-    status = cache_status(folder, settings)
+    status = _status(folder, settings, manifest, needed)
+    drawn = (manifest or {}).get("files", [])
     start = time.perf_counter()
-    kept = _generated(folder, settings)
     if status != "valid":
         folder.mkdir(parents=True, exist_ok=True)
-        kept = _draw(folder, settings, pipe_factory, kept, needed, batch_size, progress)
+        kept = [] if manifest is None or _changed(manifest, settings) else drawn
+        drawn = _draw(folder, settings, pipe_factory, drawn, kept, needed, batch_size, progress)
     seconds = time.perf_counter() - start
     report = {"reused": status == "valid", "reason": status, "seconds": seconds, "learner": len(learner)}
-    return learner + [folder / name for name in kept[:needed]], report | {"generated": needed}
+    return learner + [folder / name for name in drawn[:needed]], report | {"generated": needed}
 
 
 def _draw(
-    folder: Path, settings: PriorSettings, pipe_factory, kept: list[str], needed: int, batch_size: int, progress: bool
+    folder: Path,
+    settings: PriorSettings,
+    pipe_factory,
+    listed: list[str],
+    kept: list[str],
+    needed: int,
+    batch_size: int,
+    progress: bool,
 ) -> list[str]:
     """Draw the images ``kept`` lacks of the first ``needed`` (image i from seed + i), after deleting the drawn
-    images the manifest lists for other settings; the manifest is rewritten after every batch."""
-    from helpers.diffusion.generate import generate_images
+    images the manifest ``listed`` and this call does not keep; the manifest is rewritten after every batch."""
+    from helpers.diffusion.generate import iter_batches
 
-    for stale in set((read_manifest(folder) or {}).get("files", [])) - set(kept):
+    for stale in set(listed) - set(kept):
         (folder / stale).unlink(missing_ok=True)
     # drawn image i comes from seed + i: one missing from the middle means drawing again from there on
     kept = list(itertools.takewhile(lambda name: (folder / name).exists(), kept))[:needed]
     _write_manifest(folder, settings, kept)
-    pipe = pipe_factory() if len(kept) < needed else None
-    starts = range(len(kept), needed, batch_size)
-    for start in tqdm(starts, desc="class images (batches)", disable=not progress or len(starts) < 2):
-        n = min(batch_size, needed - start)
-        images = generate_images(
-            pipe,
-            settings.prompt,
-            n,
-            seed=settings.seed + start,
-            num_inference_steps=settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            batch_size=n,
-            resolution=settings.resolution,
-        )
+    if len(kept) == needed:
+        return kept
+    batches = iter_batches(
+        pipe_factory(),
+        settings.prompt,
+        needed - len(kept),
+        seed=settings.seed + len(kept),
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        batch_size=batch_size,
+        progress=progress,
+        resolution=settings.resolution,
+        desc="class images (batches)",
+    )
+    for images in batches:
         for image in images:
             name = _name(folder, len(kept), kept)
             save_image_atomic(image, folder / name)
