@@ -98,3 +98,12 @@ def sd_folders(tmp_path_factory):
     import sd_shaped
 
     return sd_shaped.build(tmp_path_factory.mktemp("sd-shaped"))
+
+
+@pytest.fixture(scope="session")
+def sd3_folders(tmp_path_factory):
+    """The SD 3.5 Medium-shaped pipeline of ``tests/sd3_shaped.py`` (two CLIPs, T5, MMDiT-X, 16-channel
+    VAE) in fp32 and saved in fp16; built in seconds, never downloaded."""
+    import sd3_shaped
+
+    return sd3_shaped.build(tmp_path_factory.mktemp("sd3-shaped"))

@@ -47,15 +47,24 @@ SIZES = {
         "SD15.update(upscaler=FIXTURE.upscaler, low_size=16, sr_steps=2)\n"
         "TOY.update(finetune_steps=2, held_out=2, dreambooth_steps=2, sr_steps=2)"
     ),
+    "11_flow_matching": "BATCH, LOSS_POINTS, DRAWS = 2, 3, 1",
 }
+# The fixture each notebook's real branch runs on (``sd_shaped`` unless named here), and the profile it checks.
+FIXTURES = {"11_flow_matching": "sd3_shaped"}
+REAL_PROFILES = {"sd_shaped": "sd15", "sd3_shaped": "sd35"}
+
+
+def fixture_module(name: str) -> str:
+    return FIXTURES.get(name, "sd_shaped")
 
 
 def override(name: str, folders, profile_line: str, steps: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
     """The lines run after the config cell: the fixture's folders, the profile, the notebook's sizes."""
+    module = fixture_module(name)
     return [
         f"import sys; sys.path.insert(0, {str(TESTS)!r})",
-        "import sd_shaped",
-        f"FIXTURE = sd_shaped.Folders(**{ {k: str(v) for k, v in vars(folders).items()}!r})",  # paths as str
+        f"import {module}",
+        f"FIXTURE = {module}.Folders(**{ {k: str(v) for k, v in vars(folders).items()}!r})",  # paths as str
         profile_line,
         *SIZES[name].format(steps=steps).splitlines(),
         *extra,
@@ -69,7 +78,10 @@ def with_override(notebook: Path, after_config: list[str], folder: Path) -> Path
     assert len(config) == 1, f"{notebook.name} needs exactly one config cell tagged 'parameters'"
     config[0].metadata["nbmake"] = {"post_cell_execute": after_config}
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
-    last.metadata["nbmake"] = {"post_cell_execute": ["assert profile.name == 'sd15' and profile.model == FIXTURE.fp16"]}
+    real = REAL_PROFILES[fixture_module(notebook.stem)]
+    last.metadata["nbmake"] = {
+        "post_cell_execute": [f"assert profile.name == {real!r} and profile.model == FIXTURE.fp16"]
+    }
     copy = Path(folder) / notebook.name
     nbformat.write(nb, copy)
     return copy

@@ -38,7 +38,7 @@ from helpers.core.runtime import release_device_memory
 from helpers.diffusion.latents import encode as encode_latents
 from helpers.diffusion.latents import preprocess, vae_scale_factor
 from helpers.diffusion.loading import check_float32, load_parts
-from helpers.diffusion.profiles import resolve_model
+from helpers.diffusion.profiles import require_sd, resolve_model
 from helpers.training.loop import (
     denoising_target,
     finish,
@@ -123,6 +123,7 @@ class ControlNetTrainer:
         self.output_dir = check_output(config.output_dir, TOOL, inputs=self.inputs)  # before any loading
         resolve_resume(self.output_dir, config.resume_from_checkpoint, config.max_train_steps)  # before any loading
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
+        require_sd(self.model_path)
         self.accelerator = make_accelerator(
             self.output_dir, config.gradient_accumulation_steps, config.mixed_precision, config.report_to
         )

@@ -1,6 +1,7 @@
-"""Generate images from a prompt with the toy model, a local fine-tune or a hub model.
+"""Generate images from a prompt with a toy model, a local fine-tune or a hub model.
 
     python -m helpers.generate --model toy --prompt "a photo of a red dog" --num_images 8 --seed 0 --output_dir DIR
+    python -m helpers.generate --model toy-flow --prompt "a photo of a red dog" --output_dir DIR  (flow matching)
 
 Image i is drawn from its own generator seeded with ``seed + i``, so any single image can be
 reproduced alone, whatever the batch size. The command writes each batch as it is drawn, so an
@@ -96,11 +97,16 @@ def generate_images(
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m helpers.generate", description="Generate images from a prompt.")
-    parser.add_argument("--model", default="toy", help="toy, a local pipeline folder, or a hub id")
+    parser.add_argument("--model", default="toy", help="toy, toy-flow, a local pipeline folder, or a hub id")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--num_images", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (profile default: 50)")
+    parser.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="sampling steps (profile default: 50 DDIM for SD 1.x, 28 Euler for flow matching)",
+    )
     parser.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (profile default)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--output_dir", type=Path, required=True)
@@ -155,14 +161,14 @@ def main(argv: list[str] | None = None) -> None:
         "num_images": args.num_images,
         "num_inference_steps": steps,
         "guidance_scale": guidance,
-        "scheduler": "DDIMScheduler",
+        "scheduler": type(pipe.scheduler).__name__,
         "files": [],
         "complete": False,
     }
     _write_manifest(out, manifest)
     start = time.perf_counter()
     batches = iter_batches(
-        pipe, args.prompt, args.num_images, args.seed, steps, guidance, args.batch_size, progress=True
+        pipe, args.prompt, args.num_images, args.seed, steps, guidance, args.batch_size, True, **profile.pipeline_kwargs
     )
     for batch in batches:
         names = [f"{len(manifest['files']) + k:05d}.png" for k in range(len(batch))]

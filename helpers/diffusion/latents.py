@@ -41,19 +41,25 @@ def preprocess(
 
 @torch.no_grad()
 def encode(vae, images: list[Image.Image], resolution: int, batch_size: int = 16) -> torch.Tensor:
-    """Scaled latent means of centre-cropped images (float32, on the VAE's device)."""
+    """Scaled latent means of centre-cropped images (float32, on the VAE's device): ``(mean - shift) * scale``,
+    as the SD3 pipelines read ``shift_factor`` (SD 1.x's VAE has none, and only scales)."""
     x = torch.stack([preprocess(im, resolution) for im in images])
     out = [
         vae.encode(x[i : i + batch_size].to(vae.device, vae.dtype)).latent_dist.mean.float()
         for i in range(0, len(x), batch_size)
     ]
-    return torch.cat(out) * vae.config.scaling_factor
+    return (torch.cat(out) - shift_factor(vae)) * vae.config.scaling_factor
+
+
+def shift_factor(vae) -> float:
+    return getattr(vae.config, "shift_factor", None) or 0.0
 
 
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> list[Image.Image]:
-    """Scaled latents back to PIL images."""
-    x = vae.decode((latents / vae.config.scaling_factor).to(vae.device, vae.dtype)).sample.float()
+    """Scaled (and shifted) latents back to PIL images."""
+    raw = latents / vae.config.scaling_factor + shift_factor(vae)
+    x = vae.decode(raw.to(vae.device, vae.dtype)).sample.float()
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
 

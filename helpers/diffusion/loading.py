@@ -15,6 +15,7 @@ gradients"). diffusers' training scripts refuse such a start; the trainers here 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,10 @@ import torch
 from helpers.core.errors import UsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-# The hub models the course fetches: SD 1.5, and the DreamBooth paper's photo scorers
-# (helpers.evaluation.photo_scorers).
+# The hub models the course fetches: SD 1.5, SD 3.5 Medium (the flow-matching family's real model), and
+# the DreamBooth paper's photo scorers (helpers.evaluation.photo_scorers).
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD35_MODEL = "stabilityai/stable-diffusion-3.5-medium"
 DINO_MODEL = "facebook/dino-vits16"
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 
@@ -127,6 +129,19 @@ def load_parts(path: str, revision: str | None = None, variant: str | None = Non
             AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float32, **weights),
             UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=torch.float32, **weights),
         )
+
+
+def absent_parts(model: str) -> dict[str, None]:
+    """The T5 encoder and tokenizer as None when a local SD3 folder was saved without them.
+
+    ``StableDiffusion3Pipeline.from_pretrained`` refuses such a folder unless the call passes both as None
+    (the pipeline lists them as required, unlike its optional image encoder); a folder with a T5, or a hub
+    id, keeps it."""
+    index = Path(model).expanduser() / "model_index.json"
+    if not index.is_file():
+        return {}
+    parts = json.loads(index.read_text())
+    return {name: None for name in ("text_encoder_3", "tokenizer_3") if name in parts and parts[name][0] is None}
 
 
 def check_float32(**models: torch.nn.Module) -> None:

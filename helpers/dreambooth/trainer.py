@@ -49,7 +49,7 @@ from helpers.diffusion.lora import (
 from helpers.diffusion.lora_export import export_kohya
 from helpers.diffusion.losses import dreambooth_loss
 from helpers.diffusion.noise import offset_noise
-from helpers.diffusion.profiles import profile_for_model, resolve_model
+from helpers.diffusion.profiles import profile_for_model, require_sd, resolve_model
 from helpers.diffusion.prompts import check_prompt
 from helpers.dreambooth.card import CARD, model_card
 from helpers.dreambooth.identifiers import identifier_warnings, identifier_words
@@ -176,6 +176,7 @@ class Trainer:
         if config.push_to_hub:
             check_push(config.output_dir, config.hub_model_id, config.hub_token, private=not config.hub_public)
         self.model_path = resolve_model(config.pretrained_model_name_or_path)
+        require_sd(self.model_path)
         self.accelerator = make_accelerator(
             self.output_dir, config.gradient_accumulation_steps, config.mixed_precision, config.report_to
         )

@@ -131,8 +131,10 @@ def evaluate_model(
     scorers: Scorers | None = None,
     num_inference_steps: int = 50,
     guidance_scale: float = 4.0,
+    pipe_kwargs: dict | None = None,
 ) -> dict:
-    """subject_fidelity, prompt_fidelity, pres and div of a (fine-tuned) pipeline, averaged over seeds."""
+    """subject_fidelity, prompt_fidelity, pres and div of a (fine-tuned) pipeline, averaged over seeds;
+    ``pipe_kwargs`` go to every pipeline call (a profile's ``pipeline_kwargs``)."""
     from helpers.diffusion.generate import generate_images
 
     scorers = scorers or toy_scorers()
@@ -140,6 +142,7 @@ def evaluate_model(
     rows = []
     for seed in seeds:
         kw = dict(seed=seed * 10_000, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        kw |= pipe_kwargs or {}
         inst_images = generate_images(pipe, instance_prompt, num_samples, **kw)
         inst, cls = scorers.embed(inst_images), scorers.embed(generate_images(pipe, class_prompt, num_samples, **kw))
         rows.append(
@@ -167,13 +170,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, help="folder of generated images (with --prompt)")
     parser.add_argument("--prompt", help="the prompt the images were generated from")
-    parser.add_argument("--model", help="toy or a fine-tuned pipeline folder (with --subject_dir and the prompts)")
+    parser.add_argument(
+        "--model", help="toy, toy-flow or a fine-tuned pipeline folder (with --subject_dir and the prompts)"
+    )
     parser.add_argument("--subject_dir", type=Path, help="the subject's photos")
     parser.add_argument("--instance_prompt", help='e.g. "a photo of sks dog"')
     parser.add_argument("--class_prompt", help='e.g. "a photo of dog"')
     parser.add_argument("--num_samples", type=int, default=16, help="samples per prompt and seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (profile default: 50)")
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="sampling steps (the profile's default)")
     parser.add_argument("--dino_model", default=DINO_MODEL, help="real photos: DINO id or local folder")
     parser.add_argument("--clip_model", default=CLIP_MODEL, help="real photos: CLIP id or local folder")
     return parser.parse_args(argv)
@@ -215,5 +220,6 @@ def main(argv: list[str] | None = None) -> None:
         scorers,
         profile.num_inference_steps if args.num_inference_steps is None else args.num_inference_steps,
         profile.guidance_scale,
+        profile.pipeline_kwargs,
     )
     print(json.dumps(report))

@@ -20,7 +20,6 @@ and ``pooled_projection_dim`` are both 192, so that nothing is padded.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from helpers.core.paths import DATA
+from helpers.diffusion.loading import absent_parts
 from helpers.toy import model as toymodel
 
 TOY_SD = DATA / "toy-sd"
@@ -142,15 +142,9 @@ def build_pipeline(toy_sd: Path = TOY_SD, seed: int = 0) -> StableDiffusion3Pipe
 
 
 def load_pipeline(folder: str | Path) -> StableDiffusion3Pipeline:
-    """``StableDiffusion3Pipeline.from_pretrained`` of a folder that ``save_pretrained`` wrote.
-
-    A pipeline saved without T5 records ``text_encoder_3`` and ``tokenizer_3`` as null, yet
-    ``from_pretrained`` refuses to load it unless the call passes both as None (the pipeline lists them
-    as required, unlike its optional image encoder): pass them for exactly the parts the folder lacks,
-    so that a folder with a T5 keeps it."""
-    index = json.loads((Path(folder) / "model_index.json").read_text())
-    absent = {name: None for name in ("text_encoder_3", "tokenizer_3") if index.get(name, [None])[0] is None}
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder, **absent)
+    """``StableDiffusion3Pipeline.from_pretrained`` of a folder that ``save_pretrained`` wrote, with the
+    T5 parts it lacks passed as None (``helpers.diffusion.loading.absent_parts`` says why)."""
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, **absent_parts(str(folder)))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

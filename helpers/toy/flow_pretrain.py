@@ -103,14 +103,18 @@ def step_loss(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One training step's loss on the scaled latents ``x0``. Draws u, then the noise, from ``generator``
-    (the global generator when None), in that order, so that a notebook can redo the step by hand."""
+    (the global generator when None), in that order, so that a notebook can redo the step by hand. The
+    transformer runs in its own dtype (a half-precision copy too); the loss is taken in ``x0``'s."""
     u = objective.draw_u(len(x0), n_layout, generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     timesteps, sigmas = schedule_at(noise_scheduler, u)
     noisy = (1 - sigmas[:, None, None, None]) * x0 + sigmas[:, None, None, None] * noise
     pred = transformer(
-        hidden_states=noisy, timestep=timesteps, encoder_hidden_states=prompt_embeds, pooled_projections=pooled
-    ).sample
+        hidden_states=noisy.to(transformer.dtype),
+        timestep=timesteps,
+        encoder_hidden_states=prompt_embeds,
+        pooled_projections=pooled,
+    ).sample.to(x0.dtype)
     return flow_loss(pred, x0, noise, sigmas, objective.weighting_scheme, weights)
 
 

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from helpers.core.folders import MARK
@@ -18,6 +19,7 @@ class FakePipe:
     interrupted (KeyboardInterrupt, as a Ctrl-C) at call number ``stop``."""
 
     device = torch.device("cpu")
+    scheduler = DDIMScheduler()
 
     def __init__(self, stop: int | None = None) -> None:
         self.calls, self.stop, self.guidance = 0, stop, []
