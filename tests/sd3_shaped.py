@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import sd_shaped
 import torch
 
 if TYPE_CHECKING:  # the heavy imports wait until a function needs them, as in sd_shaped
     from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-ROOT = Path(__file__).resolve().parent.parent
-TOY_TOKENIZER = ROOT / "data" / "toy-sd" / "tokenizer"
 
 # SD 3.5 Medium's configs (its transformer/, vae/, text_encoder*/ config.json on the hub), and a tiny
 # twin with the same structure. Every tiny width differs from every other (CLIP-L 32 -> 24, CLIP-G
@@ -120,14 +119,6 @@ class Folders:
     fp16: Path
 
 
-def clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer with 77 positions, as SD3's two are; its vocabulary is the toy world's (real CLIP's
-    is 49 408 tokens, a download)."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(TOY_TOKENIZER, model_max_length=77)
-
-
 def t5_tokenizer() -> T5TokenizerFast:
     """A T5 tokenizer (Unigram, Metaspace, ``</s>`` appended) trained in milliseconds on ``T5_WORDS``.
 
@@ -163,19 +154,9 @@ def t5_tokenizer() -> T5TokenizerFast:
 
 def clip_encoder(tok: CLIPTokenizer, shape: dict, size: str) -> CLIPTextModelWithProjection:
     """A CLIPTextModelWithProjection of ``shape`` (``CLIP_L[size]`` or ``CLIP_G[size]``)."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    vocab = len(tok) if size == "tiny" else 49408  # CLIP's embedding table, for honest memory figures
-    return CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            max_position_embeddings=77,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            **shape,
-        )
-    )
+    return CLIPTextModelWithProjection(sd_shaped.clip_config(tok, size, **shape))
 
 
 def t5_encoder(tok: T5TokenizerFast, size: str) -> T5EncoderModel:
@@ -239,7 +220,7 @@ def pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusion3Pipeline:
     if size not in TRANSFORMER:
         raise ValueError(f"size must be one of {sorted(TRANSFORMER)}, not {size!r}")
     torch.manual_seed(seed)
-    clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
+    clip_tok, t5_tok = sd_shaped.tokenizer(), t5_tokenizer()
     return StableDiffusion3Pipeline(
         transformer=transformer(size),
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=SHIFT),

@@ -82,21 +82,25 @@ def tokenizer():
     return CLIPTokenizer.from_pretrained(TOY_TOKENIZER, model_max_length=77)
 
 
-def _text_encoder(tok, size: str):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_config(tok, size: str, **shape):
+    """A CLIPTextConfig of ``shape`` on ``tok``'s special tokens: the tiny one reads the toy vocabulary,
+    a real-sized one CLIP's 49 408-token embedding table, for honest memory figures."""
+    from transformers import CLIPTextConfig
 
-    vocab = len(tok) if size == "tiny" else 49408  # SD 1.5's embedding table, for honest memory figures
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            max_position_embeddings=77,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            hidden_act="quick_gelu",
-            **TEXT[size],
-        )
+    return CLIPTextConfig(
+        vocab_size=len(tok) if size == "tiny" else 49408,
+        max_position_embeddings=77,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **shape,
     )
+
+
+def _text_encoder(tok, size: str):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(clip_config(tok, size, hidden_act="quick_gelu", **TEXT[size]))
 
 
 def _safety_checker(size: str):
@@ -275,3 +279,14 @@ def cpu_profile(folders: Folders, resolution: int = 64):
         dino_model=str(folders.dino),
         clip_model=str(folders.clip),
     )
+
+
+def disk_dtypes(folder: Path) -> set[str]:
+    """The dtypes of every tensor in a folder's safetensors files, as saved ("F16", "F32")."""
+    from safetensors import safe_open
+
+    found = set()
+    for path in folder.rglob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            found |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    return found

@@ -9,10 +9,10 @@ import json
 import weakref
 
 import pytest
+import sd_shaped
 import torch
 from diffusers import StableDiffusionPipeline
 from huggingface_hub.errors import RepositoryNotFoundError
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from helpers.core.errors import UsageError
@@ -38,15 +38,6 @@ def _config(model, out, **kw) -> TrainConfig:
         seed=0,
     )
     return TrainConfig(**{**base, **kw})
-
-
-def _dtypes(folder) -> set[str]:
-    """The dtypes of every tensor in a folder's safetensors files."""
-    found = set()
-    for path in folder.rglob("*.safetensors"):
-        with safe_open(str(path), "pt") as f:
-            found |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
-    return found
 
 
 FULL = dict(
@@ -77,7 +68,7 @@ def test_a_full_run_on_an_fp16_folder_saves_float32_weights_that_reload(full_run
     assert [h["step"] for h in result.history] == [1, 2, 3, 4]
     assert all(h["prior_loss"] > 0 and h["instance_loss"] > 0 for h in result.history)
     assert result.class_images["reused"] is False and len(list((out / "class").glob("*.png"))) == 2
-    assert _dtypes(sd_folders.fp16) == {"F16"} and _dtypes(out / "run") == {"F32"}
+    assert sd_shaped.disk_dtypes(sd_folders.fp16) == {"F16"} and sd_shaped.disk_dtypes(out / "run") == {"F32"}
     pipe = StableDiffusionPipeline.from_pretrained(out / "run")
     assert pipe.vae_scale_factor == 8 and pipe.tokenizer.model_max_length == 77
     base = load_file(str(sd_folders.fp32 / "text_encoder" / "model.safetensors"))
@@ -123,7 +114,7 @@ def test_no_fp16_gradient_reaches_a_grad_scaler(sd_folders, tmp_path, monkeypatc
 
 def test_an_fp16_folder_trains_without_mixed_precision(sd_folders, tmp_path):
     result = train(_config(sd_folders.fp16, tmp_path, train_text_encoder=True, mixed_precision="no"))
-    assert len(result.history) == 2 and _dtypes(tmp_path) == {"F32"}
+    assert len(result.history) == 2 and sd_shaped.disk_dtypes(tmp_path) == {"F32"}
 
 
 def test_a_second_run_in_one_kernel_may_change_the_precision(sd_folders, tmp_path):
@@ -173,7 +164,7 @@ def test_lora_with_the_text_encoder_on_an_fp16_folder(sd_folders, tmp_path):
             use_8bit_adam=True,
         )
     )
-    assert len(result.history) == 2 and _dtypes(tmp_path) == {"F32"}
+    assert len(result.history) == 2 and sd_shaped.disk_dtypes(tmp_path) == {"F32"}
     assert json.loads((tmp_path / "lora_base.json").read_text())["base_model"] == str(sd_folders.fp16)
     pipe = load_pipeline(str(tmp_path))  # its base, with the adapters loaded
     assert any("lora" in name for name, _ in pipe.unet.named_parameters())
@@ -188,7 +179,7 @@ def test_an_fp16_variant_folder_loads_with_variant_and_says_so_without(sd_folder
         load_pipeline(str(sd_folders.fp16_variant))
     assert not (tmp_path / "out").exists()
     result = train(_config(sd_folders.fp16_variant, tmp_path / "out", variant="fp16", mixed_precision="bf16"))
-    assert len(result.history) == 2 and _dtypes(tmp_path / "out") == {"F32"}
+    assert len(result.history) == 2 and sd_shaped.disk_dtypes(tmp_path / "out") == {"F32"}
     with pytest.raises(UsageError, match="has no 'fp16' variant .*leave out --variant"):
         load_pipeline(str(sd_folders.fp32), variant="fp16")
 

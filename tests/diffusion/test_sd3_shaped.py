@@ -4,9 +4,9 @@ and draws on the CPU, so that the real flow-matching path can be tested without 
 import numpy as np
 import pytest
 import sd3_shaped
+import sd_shaped
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
-from safetensors import safe_open
 from transformers import T5Config, T5TokenizerFast
 
 PROMPT = "a photo of sks dog"
@@ -17,15 +17,6 @@ def _load(folder, **kw) -> StableDiffusion3Pipeline:
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, **kw)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _disk_dtypes(folder) -> set[str]:
-    """The dtypes of every tensor in a folder's safetensors files."""
-    found = set()
-    for path in folder.rglob("*.safetensors"):
-        with safe_open(str(path), "pt") as f:
-            found |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +30,14 @@ def _dtypes(pipe) -> dict[str, torch.dtype]:
 
 
 def test_the_fp32_folder_reloads_with_every_sd3_part_in_float32(sd3_folders, pipe):
-    assert _disk_dtypes(sd3_folders.fp32) == {"F32"}
+    assert sd_shaped.disk_dtypes(sd3_folders.fp32) == {"F32"}
     assert set(_dtypes(pipe).values()) == {torch.float32}
     assert pipe.text_encoder_3 is not None and pipe.tokenizer_3 is not None
     assert type(pipe.tokenizer_3).__name__ == "T5Tokenizer"  # T5TokenizerFast is its alias in transformers 5
 
 
 def test_the_fp16_copy_is_float16_on_disk_and_loads_as_float32_when_asked(sd3_folders):
-    assert _disk_dtypes(sd3_folders.fp16) == {"F16"}
+    assert sd_shaped.disk_dtypes(sd3_folders.fp16) == {"F16"}
     assert set(_dtypes(_load(sd3_folders.fp16, dtype=torch.float32)).values()) == {torch.float32}
     asked = _load(sd3_folders.fp16, dtype=torch.float16)
     assert set(_dtypes(asked).values()) == {torch.float16}
