@@ -1,7 +1,7 @@
 """The Colab path on a GPU: notebooks 04-07's real-model branches and notebook 09's SD 1.5 command,
-end to end at 512 px, on SD 1.5-sized models with random weights, in a process capped at a T4's 15 GB.
+end to end at 512 px, on SD 1.5-sized models with random weights, in a process capped at a T4's 15 GiB.
 
-    python benchmarks/gpu_notebooks.py [--steps 20] [--cap_gb 15] [--only 04]
+    python benchmarks/gpu_notebooks.py [--steps 20] [--cap_gib 15] [--only 04]
     python benchmarks/gpu_notebooks.py --device cpu --size tiny --steps 2    (a dry run of the script itself)
 
 Each notebook runs as committed, through the same nbmake harness as CI's real-branch run
@@ -31,15 +31,15 @@ import real_branch  # noqa: E402
 import sd_shaped  # noqa: E402
 
 NOTEBOOKS = ["04_dreambooth_8bit_adam", "05_language_drift", "06_identifier_and_text_encoder", "07_lora_dreambooth"]
-GB = 2**30
+GiB = 2**30
 
 
-def cap(cap_gb: float) -> None:
-    """Cap this process at ``cap_gb`` of GPU memory, as if the GPU were that small (no-op on a CPU)."""
+def cap(cap_gib: float) -> None:
+    """Cap this process at ``cap_gib`` of GPU memory, as if the GPU were that small (no-op on a CPU)."""
     import torch
 
     if torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(cap_gb * GB / torch.cuda.get_device_properties(0).total_memory)
+        torch.cuda.set_per_process_memory_fraction(cap_gib * GiB / torch.cuda.get_device_properties(0).total_memory)
 
 
 def peaks() -> tuple[int, int]:
@@ -73,7 +73,7 @@ def run_notebook(name: str, folders, args: argparse.Namespace, work: Path) -> di
     import nbformat
 
     report = work / f"{name}.peak"
-    lines = (f"gpu_notebooks.cap({args.cap_gb})",)
+    lines = (f"gpu_notebooks.cap({args.cap_gib})",)
     after = real_branch.override(name, folders, profile_line(args.device, args.resolution), args.steps, lines)
     copy = real_branch.with_override(ROOT / "notebooks" / f"{name}.ipynb", after, work)
     nb = nbformat.read(copy, as_version=4)
@@ -89,8 +89,8 @@ def run_notebook(name: str, folders, args: argparse.Namespace, work: Path) -> di
         "notebook": name,
         "ok": error is None,
         "error": error.summary[-300:] if error else "",
-        "peak_allocated_gb": allocated / GB,
-        "peak_reserved_gb": reserved / GB,
+        "peak_allocated_gib": allocated / GiB,
+        "peak_reserved_gib": reserved / GiB,
         "seconds": time.perf_counter() - start,
     }
 
@@ -100,7 +100,7 @@ def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
     from helpers.control import dataset as control_data
     from helpers.control.trainer import main
 
-    cap(args.cap_gb)
+    cap(args.cap_gib)
     data = control_data.write_dataset(work / "control-data", 64, progress=False)
     shrunk = {
         "pretrained_model_name_or_path": str(folders.fp16),
@@ -123,8 +123,8 @@ def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
         "notebook": "09 (SD 1.5 command)",
         "ok": not error,
         "error": error,
-        "peak_allocated_gb": allocated / GB,
-        "peak_reserved_gb": reserved / GB,
+        "peak_allocated_gib": allocated / GiB,
+        "peak_reserved_gib": reserved / GiB,
         "seconds": time.perf_counter() - start,
     }
 
@@ -132,7 +132,7 @@ def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="training steps per fine-tune (the notebooks: 800)")
-    parser.add_argument("--cap_gb", type=float, default=15.0, help="GPU memory cap (a T4: 15 GB)")
+    parser.add_argument("--cap_gib", type=float, default=15.0, help="GPU memory cap (a T4: 15 GiB)")
     parser.add_argument("--only", default=None, help="run only notebooks whose name contains this text")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--size", default="sd15", choices=["sd15", "tiny"], help="the SD-shaped models' size")
@@ -154,12 +154,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.only is None or "09" in args.only:
             rows.append(run_controlnet(folders, args, work))
     print(
-        f"{'notebook':34s} {'ok':>4s} {'peak alloc GB':>14s} {'peak reserved GB':>17s} {'seconds':>8s}  "
-        f"(cap {args.cap_gb} GB)"
+        f"{'notebook':34s} {'ok':>4s} {'peak alloc GiB':>14s} {'peak reserved GiB':>17s} {'seconds':>8s}  "
+        f"(cap {args.cap_gib} GiB)"
     )
     for r in rows:
         print(
-            f"{r['notebook']:34s} {str(r['ok']):>4s} {r['peak_allocated_gb']:14.2f} {r['peak_reserved_gb']:17.2f} "
+            f"{r['notebook']:34s} {str(r['ok']):>4s} {r['peak_allocated_gib']:14.2f} {r['peak_reserved_gib']:17.2f} "
             f"{r['seconds']:8.0f}  {r['error']}"
         )
     print(json.dumps(rows))

@@ -14,8 +14,8 @@ text encoder in fp16, a 512x512 batch VAE-encoded under no_grad every step (the 
 path), train_batch_size 1 with prior preservation (2 samples a step), epsilon MSE loss, gradient
 clipping at 1.0, torch AdamW or bitsandbytes AdamW8bit, zero_grad(set_to_none=True). The peak is
 torch.cuda.max_memory_allocated() (and max_memory_reserved()) since a reset just before the first
-step. "fits T4" asks whether reserved memory plus about 0.5 GB of CUDA context stays within a
-T4's 15 GB. ``--extra`` adds configurations that check the terms the course's recipes do not reach
+step. "fits T4" asks whether reserved memory plus about 0.5 GiB of CUDA context stays within a
+T4's 15 GiB. ``--extra`` adds configurations that check the terms the course's recipes do not reach
 (fp32 activations, text-encoder activations without checkpointing). It prints a table and then one
 JSON object with the details, including memory after each phase of each step.
 """
@@ -35,10 +35,10 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/sd15_memory.py` from anywhere
 
-from helpers.training.memory import GB, SD15_PARAMS, MemoryConfig, estimate, sd15_recipes  # noqa: E402
+from helpers.training.memory import SD15_PARAMS, GiB, MemoryConfig, estimate, sd15_recipes  # noqa: E402
 
-T4_GB = 15.0  # what a Colab T4 offers
-CUDA_CONTEXT_GB = 0.5  # CUDA context and kernels: outside PyTorch's allocator, not in max_memory_reserved
+T4_GIB = 15.0  # what a Colab T4 offers
+CUDA_CONTEXT_GIB = 0.5  # CUDA context and kernels: outside PyTorch's allocator, not in max_memory_reserved
 
 UNET_CONFIG = dict(
     sample_size=64,
@@ -208,20 +208,20 @@ def measure(cfg: MemoryConfig, steps: int, device: torch.device) -> dict:
     peak_phase = next(p for p in phases if p["peak"] >= allocated)
     forward = [b["allocated"] - a["allocated"] for a, b in zip(phases, phases[1:]) if b["phase"] == "forward"]
     result = {
-        "allocated_gb": allocated / GB,
-        "reserved_gb": reserved / GB,
+        "allocated_gib": allocated / GiB,
+        "reserved_gib": reserved / GiB,
         "peak_reached_in": f"step {peak_phase['step']} {peak_phase['phase']}",
-        "optimizer_state_gb": state_bytes(optimizer) / GB,
+        "optimizer_state_gib": state_bytes(optimizer) / GiB,
         "skipped_steps": int(skipped),
-        "forward_saved_gb": max(forward) / GB,  # activations (and autocast copies) kept for the backward pass
-        "steady_gb": phases[-1]["allocated"] / GB,  # weights, optimizer state, frozen parts between steps
+        "forward_saved_gib": max(forward) / GiB,  # activations (and autocast copies) kept for the backward pass
+        "steady_gib": phases[-1]["allocated"] / GiB,  # weights, optimizer state, frozen parts between steps
         "seconds_per_step": seconds / steps,
         "phases": [
             {
                 "step": p["step"],
                 "phase": p["phase"],
-                "allocated_gb": round(p["allocated"] / GB, 3),
-                "peak_gb": round(p["peak"] / GB, 3),
+                "allocated_gib": round(p["allocated"] / GiB, 3),
+                "peak_gib": round(p["peak"] / GiB, 3),
             }
             for p in phases
         ],
@@ -265,14 +265,14 @@ def main() -> None:
         measured = measure(cfg, args.steps, device)
         gc.collect()  # the recipe's models and optimizer are gone: the next one starts from an empty GPU
         torch.cuda.empty_cache()
-        est = estimate(cfg)["total"] / GB
+        est = estimate(cfg)["total"] / GiB
         rows.append(
             {
                 "recipe": name,
-                "estimate_gb": est,
+                "estimate_gib": est,
                 **measured,
-                "error_pct": 100 * (est - measured["allocated_gb"]) / measured["allocated_gb"],
-                "fits_t4": measured["reserved_gb"] + CUDA_CONTEXT_GB <= T4_GB,
+                "error_pct": 100 * (est - measured["allocated_gib"]) / measured["allocated_gib"],
+                "fits_t4": measured["reserved_gib"] + CUDA_CONTEXT_GIB <= T4_GIB,
                 "config": asdict(cfg),
             }
         )
@@ -284,12 +284,12 @@ def main() -> None:
             print(f"{r['recipe']:40} skipped: {r['error']}")
             continue
         print(
-            f"{r['recipe']:40} {r['allocated_gb']:8.2f}G {r['reserved_gb']:8.2f}G {r['estimate_gb']:8.2f}G "
+            f"{r['recipe']:40} {r['allocated_gib']:8.2f}G {r['reserved_gib']:8.2f}G {r['estimate_gib']:8.2f}G "
             f"{r['error_pct']:+6.1f}%  {'yes' if r['fits_t4'] else 'no'}"
         )
     print(
-        f"GB = 2**30 bytes; error = (estimate - allocated) / allocated; *fits T4: reserved + "
-        f"{CUDA_CONTEXT_GB} GB CUDA context <= {T4_GB} GB"
+        f"GiB = 2**30 bytes; error = (estimate - allocated) / allocated; *fits T4: reserved + "
+        f"{CUDA_CONTEXT_GIB} GiB CUDA context <= {T4_GIB} GiB"
     )
     report = {
         "device": torch.cuda.get_device_name(0),
@@ -298,8 +298,8 @@ def main() -> None:
         "bitsandbytes": bnb_version,
         "resolution": args.resolution,
         "steps": args.steps,
-        "t4_gb": T4_GB,
-        "cuda_context_gb": CUDA_CONTEXT_GB,
+        "t4_gib": T4_GIB,
+        "cuda_context_gib": CUDA_CONTEXT_GIB,
         "recipes": rows,
     }
     print(json.dumps(report))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,18 +65,62 @@ def finish_widgets(nb) -> int:
     return bars
 
 
-def execute(notebook: Path, output: Path, timeout: int = 1800) -> float:
-    """Execute one notebook in a fresh kernel, from the notebooks folder; returns seconds taken."""
+# No cell of the course takes more than a few minutes on a 2-core laptop (README): an hour leaves
+# room for a machine many times slower and still ends a kernel that hangs.
+CELL_TIMEOUT_S = 3600
+
+
+class NotebookFailed(Exception):
+    """A cell raised: the message is one line naming the cell and the error."""
+
+
+def failed_cell(nb) -> str:
+    """ "cell N: ErrorName: message" for the first cell whose outputs hold an error (N counts from 1)."""
+    for number, cell in enumerate(nb.cells, 1):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                first_line = (str(out.get("evalue", "")).strip().splitlines() or [""])[0]
+                return f"cell {number}: {out.get('ename', 'Error')}" + (f": {first_line}" if first_line else "")
+    return "a cell failed without an error output"
+
+
+def _kernel_manager(folder: Path):
+    """A kernel on IPC sockets in a private folder where the system has them: over TCP, ipykernel
+    warns once per notebook that code and outputs travel in plain text. ``None`` (TCP) elsewhere."""
+    if os.name != "posix":
+        return None
+    from jupyter_client.manager import AsyncKernelManager
+
+    return AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(folder / "kernel"))
+
+
+def execute(notebook: Path, output: Path, timeout: int = CELL_TIMEOUT_S) -> float:
+    """Execute one notebook in a fresh kernel, from the notebooks folder; returns seconds taken.
+    The executed copy is written even when a cell fails (it shows the error where it happened);
+    the failure is raised as ``NotebookFailed`` with one line that names the cell."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     nb = nbformat.read(notebook, as_version=4)
     start = time.perf_counter()
-    NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
-    ).execute()
-    finish_widgets(nb)
-    nbformat.write(nb, output / "notebooks" / notebook.name)
+    with tempfile.TemporaryDirectory(prefix="course-kernel-") as sockets:
+        client = NotebookClient(
+            nb,
+            km=_kernel_manager(Path(sockets)),
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(notebook.parent)}},
+        )
+        try:
+            client.execute()
+        except CellTimeoutError:
+            raise NotebookFailed(f"a cell ran past {timeout} s and was stopped") from None
+        except CellExecutionError:
+            raise NotebookFailed(failed_cell(nb)) from None
+        finally:
+            finish_widgets(nb)
+            nbformat.write(nb, output / "notebooks" / notebook.name)
     return time.perf_counter() - start
 
 
@@ -91,9 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     (output / "notebooks").mkdir(parents=True, exist_ok=True)
     os.environ["COURSE_OUTPUTS"] = str(output)
     os.environ.setdefault("COURSE_PROFILE", "toy")
-    total = 0.0
+    total, failed = 0.0, []
     for nb in chosen:
-        seconds = execute(nb, output)
+        try:
+            seconds = execute(nb, output)
+        except NotebookFailed as err:
+            print(f"{nb.name:45s} FAILED at {err} (executed copy: {output}/notebooks/{nb.name})", flush=True)
+            failed.append(nb.name)
+            continue
         total += seconds
-        print(f"{nb.name:45s} {seconds:7.1f} s")
+        print(f"{nb.name:45s} {seconds:7.1f} s", flush=True)
     print(f"{'all notebooks':45s} {total:7.1f} s -> {output}/notebooks, {output}/figures")
+    if failed:
+        raise UsageError(f"{len(failed)} notebook(s) failed: {', '.join(failed)}; each line above names the cell")

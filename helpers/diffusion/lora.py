@@ -121,7 +121,7 @@ def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Mo
 def adapters_only_checkpoints(accelerator, base_model: str, rank: int, alpha: float | None) -> None:
     """Make ``accelerator.save_state``/``load_state`` keep the adapters only, as diffusers'
     ``train_dreambooth_lora.py`` does: otherwise every checkpoint of a LoRA run holds the whole frozen
-    UNet (1.7 GB of fp16 weights on SD 1.5) next to a few MB of what was actually trained."""
+    UNet (1.6 GiB of fp16 weights on SD 1.5) next to a few MB of what was actually trained."""
     from diffusers import UNet2DConditionModel
 
     def split(models: list) -> tuple[torch.nn.Module, torch.nn.Module | None]:

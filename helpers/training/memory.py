@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-GB = 1024**3
+GiB = 1024**3
 
 # SD 1.5's parameter counts (UNet2DConditionModel, CLIPTextModel ViT-L/14, AutoencoderKL).
 SD15_PARAMS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
@@ -72,12 +72,12 @@ def sd15_lora_params_per_rank() -> dict[str, int]:
 # (33-35 kB). Without autocast, activations take FP32_ACTIVATION_SCALE times as much (measured 1.51
 # in full, 1.5 checkpointed: normalisations and softmax already run in fp32 under autocast). One
 # miss: in fp32 without checkpointing the backward pass overlaps gradients with activations, and
-# the peak is about 0.7 GB (7%) above this estimate.
+# the peak is about 0.7 GiB (7%) above this estimate.
 ACTIVATION_BYTES_PER_LATENT_PIXEL = {"full": 304_000, "checkpointed": 34_000}
 FP32_ACTIVATION_SCALE = 1.5
 # Text encoder activations per sample (77 tokens): measured 71 MB full, 7 MB checkpointed.
 TEXT_ENCODER_ACTIVATION_BYTES = {"full": 71e6, "checkpointed": 7e6}
-WORKSPACE_BYTES = 0.2 * GB  # cuBLAS workspaces (about 0.1 GB) and a step's short-lived buffers
+WORKSPACE_BYTES = 0.2 * GiB  # cuBLAS workspaces (about 0.1 GiB) and a step's short-lived buffers
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def estimate(cfg: MemoryConfig) -> dict[str, float]:
 
 
 def sd15_recipes() -> dict[str, MemoryConfig]:
-    """From a plain full fine-tune to the recipe that fits a free Colab T4 (15 GB)."""
+    """From a plain full fine-tune to the recipe that fits a free Colab T4 (15 GiB)."""
     plain = MemoryConfig(mixed_precision="no", use_8bit_adam=False, gradient_checkpointing=False)
     fp16 = replace(plain, mixed_precision="fp16")
     eight = replace(fp16, use_8bit_adam=True)
@@ -175,9 +175,9 @@ def sd15_recipes() -> dict[str, MemoryConfig]:
 
 
 def table(recipes: dict[str, MemoryConfig] | None = None) -> list[dict[str, str | float]]:
-    """Rows of (recipe, GB per term, total GB, the moment of the step where the peak falls) for display."""
+    """Rows of (recipe, GiB per term, total GiB, the moment of the step where the peak falls) for display."""
     rows = []
     for name, cfg in (recipes or sd15_recipes()).items():
         parts = estimate(cfg)
-        rows.append({"recipe": name, **{k: round(v / GB, 2) for k, v in parts.items()}, "peak at": peak_moment(cfg)})
+        rows.append({"recipe": name, **{k: round(v / GiB, 2) for k, v in parts.items()}, "peak at": peak_moment(cfg)})
     return rows

@@ -1,8 +1,11 @@
 """The executed copies that `make course` writes show what a learner saw at the end of each cell."""
 
-import nbformat
+from pathlib import Path
 
-from helpers.course.runner import INTERACTIVE, WIDGET_STATE, WIDGET_VIEW, finish_widgets
+import nbformat
+import pytest
+
+from helpers.course.runner import INTERACTIVE, WIDGET_STATE, WIDGET_VIEW, NotebookFailed, execute, finish_widgets
 
 
 def _bar_notebook(value: float, total: float) -> nbformat.NotebookNode:
@@ -41,3 +44,27 @@ def test_a_widget_that_is_not_a_progress_bar_says_it_is_interactive():
     assert finish_widgets(nb) == 0
     assert nb.cells[0].outputs[0]["data"]["text/plain"] == INTERACTIVE
     assert nb.cells[0].outputs[1]["data"]["text/plain"] == "a figure"
+
+
+def _notebook(*sources: str, folder: Path) -> Path:
+    path = folder / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources]), path)
+    return path
+
+
+def test_a_failing_cell_is_one_line_naming_it_and_the_executed_copy_shows_the_error(tmp_path):
+    (tmp_path / "out" / "notebooks").mkdir(parents=True)
+    notebook = _notebook("x = 1", "1 / 0", "print('never')", folder=tmp_path)
+    with pytest.raises(NotebookFailed) as failure:
+        execute(notebook, tmp_path / "out")
+    assert str(failure.value) == "cell 2: ZeroDivisionError: division by zero"
+    copy = nbformat.read(tmp_path / "out" / "notebooks" / "nb.ipynb", as_version=4)
+    assert copy.cells[1].outputs[0]["ename"] == "ZeroDivisionError" and copy.cells[2].outputs == []
+
+
+def test_a_notebook_runs_without_the_kernels_plain_text_transport_warning(tmp_path, capfd):
+    (tmp_path / "out" / "notebooks").mkdir(parents=True)
+    execute(_notebook("print(6 * 7)", folder=tmp_path), tmp_path / "out")
+    copy = nbformat.read(tmp_path / "out" / "notebooks" / "nb.ipynb", as_version=4)
+    assert copy.cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err

@@ -67,4 +67,4 @@ def test_lora_trains_the_adapters_and_freezes_the_unet():
     adapters = 4 * memory.sd15_lora_params_per_rank()["unet"]
     assert lora["weights (trainable, fp32)"] == adapters * 4
     assert lora["frozen parts"] == full["frozen parts"] + memory.SD15_PARAMS["unet"] * 2
-    assert lora["total"] < full["total"] - 5 * memory.GB
+    assert lora["total"] < full["total"] - 5 * memory.GiB
