@@ -1,14 +1,18 @@
-"""Language drift over several seeds: the same fine-tune with and without prior preservation.
+"""Language drift over several seeds: the same fine-tune with and without prior preservation, and the base model.
 
-    python benchmarks/language_drift.py --seeds 0 1 2 [--no-train_text_encoder]
+    python benchmarks/language_drift.py --seeds 0 1 2 [--identifier sks] [--train_text_encoder]
 
-For each seed, two toy DreamBooth runs that differ only in --with_prior_preservation (both train the
-text encoder too, as notebooks 04 and 05 do on the toy: its frozen encoder barely tells "sks dog"
-from "dog"), then subject fidelity, prompt fidelity, PRES and DIV of each
-(helpers.evaluation.evaluate.evaluate_model). Prints every run, a table of mean and standard deviation over
-seeds, the subject-fidelity ceiling (new photos of the subject, raw and through the VAE) with each
-mean as a share of it, and, per seed, whether the drift goes the way the paper's ablation does: with
-prior preservation PRES lower and DIV higher than without, subject fidelity within 10%.
+For each seed, two toy DreamBooth runs that differ only in --with_prior_preservation, with notebooks
+04 and 05's recipe (class images drawn unguided, the text encoder frozen), then subject fidelity,
+prompt fidelity, PRES and DIV of each and of the base model (helpers.evaluation.evaluate.evaluate_model,
+the same sample seeds for all three), and what the toy judge reads in the class-prompt samples: how
+many colours and backgrounds appear.
+
+Prints every run, a table of mean and standard deviation over seeds, and per seed whether prior
+preservation keeps the class (DIV at least 90% of the base model's, colours and backgrounds within
+one of the base model's counts, subject fidelity within 10% of the run without it) and whether the
+run without it drifts (PRES above the run with it, DIV below). The subject-fidelity ceiling (new
+photos of the subject, raw and through the VAE) closes the report.
 """
 
 from __future__ import annotations
@@ -22,92 +26,123 @@ from pathlib import Path
 from helpers.core.images import load_image_folder
 from helpers.core.paths import ROOT
 from helpers.core.runtime import configure_cpu
-from helpers.diffusion.profiles import TOY, load_pipeline
+from helpers.diffusion.profiles import TOY, TOY_JUDGE, load_pipeline
 from helpers.dreambooth.trainer import TrainConfig, train
 from helpers.evaluation.evaluate import evaluate_model, fidelity_ceiling, toy_scorers
+from helpers.toy.judge import judge_images, load_judge
 from helpers.toy.world import new_subject_photos
 
-METRICS = ("subject_fidelity", "prompt_fidelity", "pres", "div")
+METRICS = ("subject_fidelity", "prompt_fidelity", "pres", "div", "colours", "backgrounds")
+RUNS = ("base model", "with", "without")
 
 
-def main() -> None:
+def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--identifier", default="sks", help="the rare word of the instance prompt")
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--num_class_images", type=int, default=32)
+    parser.add_argument("--num_class_images", type=int, default=64)
+    parser.add_argument(
+        "--class_guidance_scale", type=float, default=1.0, help="the course's toy recipe draws class images unguided"
+    )
     parser.add_argument("--num_samples", type=int, default=24)
     parser.add_argument("--subject", default="toy_dog", help="a toy subject in data/subjects/")
     parser.add_argument("--class_noun", default="dog")
-    parser.add_argument("--train_text_encoder", action=argparse.BooleanOptionalAction, default=True)
-    args = parser.parse_args()
+    parser.add_argument("--train_text_encoder", action=argparse.BooleanOptionalAction, default=False)
+    return parser.parse_args()
+
+
+def _finetune(args: argparse.Namespace, work: Path, seed: int, prior: bool, prompts: tuple[str, str]) -> Path:
+    out = work / f"{'with' if prior else 'without'}-{seed}"
+    train(
+        TrainConfig(
+            instance_data_dir=str(ROOT / "data" / "subjects" / args.subject),
+            instance_prompt=prompts[0],
+            class_prompt=prompts[1],
+            with_prior_preservation=prior,
+            class_data_dir=str(work / f"class-{seed}"),
+            num_class_images=args.num_class_images,
+            class_guidance_scale=args.class_guidance_scale,
+            train_batch_size=2,
+            learning_rate=args.learning_rate,
+            max_train_steps=args.steps,
+            train_text_encoder=args.train_text_encoder,
+            use_8bit_adam=True,
+            checkpointing_steps=0,
+            seed=seed,
+            output_dir=str(out),
+            progress=False,
+        )
+    )
+    return out
+
+
+def _score(pipe, photos, prompts: tuple[str, str], seed: int, samples: int, judge) -> dict:
+    report = evaluate_model(
+        pipe,
+        photos,
+        *prompts,
+        num_samples=samples,
+        seeds=(seed,),
+        num_inference_steps=TOY.num_inference_steps,
+        guidance_scale=TOY.guidance_scale,
+        keep_class_samples=True,
+    )
+    labels = judge_images(judge, report.pop("class_samples")).labels
+    return {k: report[k] for k in METRICS[:4]} | {
+        "colours": len(set(labels["colour"])),
+        "backgrounds": len(set(labels["background"])),
+    }
+
+
+def _checks(base: dict, w: dict, wo: dict) -> dict[str, bool]:
+    return {
+        "div_at_least_90%_of_base": w["div"] >= 0.9 * base["div"],
+        "colours_within_one_of_base": w["colours"] >= base["colours"] - 1,
+        "backgrounds_within_one_of_base": w["backgrounds"] >= base["backgrounds"] - 1,
+        "fidelity_within_10%": abs(w["subject_fidelity"] / wo["subject_fidelity"] - 1) <= 0.10,
+        "without_drifts": wo["pres"] > w["pres"] and wo["div"] < w["div"],
+    }
+
+
+def main() -> None:
+    args = _parse()
     configure_cpu()
-    instance_prompt, class_prompt = f"a photo of sks {args.class_noun}", f"a photo of {args.class_noun}"
-    subject_dir = ROOT / "data" / "subjects" / args.subject
-    photos = load_image_folder(subject_dir)
+    prompts = (f"a photo of {args.identifier} {args.class_noun}", f"a photo of {args.class_noun}")
+    photos = load_image_folder(ROOT / "data" / "subjects" / args.subject)
+    judge, base_pipe = load_judge(TOY_JUDGE), load_pipeline("toy")
     work = Path(tempfile.mkdtemp(prefix="drift-"))
-    results: dict[str, list[dict]] = {"with": [], "without": []}
+    results: dict[str, list[dict]] = {name: [] for name in RUNS}
     for seed in args.seeds:
+        results["base model"].append(_score(base_pipe, photos, prompts, seed, args.num_samples, judge))
         for prior in (True, False):
-            out = work / f"{'with' if prior else 'without'}-{seed}"
-            run = train(
-                TrainConfig(
-                    instance_data_dir=str(subject_dir),
-                    instance_prompt=instance_prompt,
-                    class_prompt=class_prompt,
-                    with_prior_preservation=prior,
-                    class_data_dir=str(work / f"class-{seed}"),
-                    num_class_images=args.num_class_images,
-                    train_batch_size=2,
-                    learning_rate=args.learning_rate,
-                    max_train_steps=args.steps,
-                    train_text_encoder=args.train_text_encoder,
-                    use_8bit_adam=True,
-                    checkpointing_steps=0,
-                    seed=seed,
-                    output_dir=str(out),
-                    progress=False,
-                )
+            out = _finetune(args, work, seed, prior, prompts)
+            results["with" if prior else "without"].append(
+                _score(load_pipeline(str(out)), photos, prompts, seed, args.num_samples, judge)
             )
-            report = evaluate_model(
-                load_pipeline(str(out)),
-                photos,
-                instance_prompt,
-                class_prompt,
-                num_samples=args.num_samples,
-                seeds=(seed,),
-                guidance_scale=TOY.guidance_scale,
-            )
-            report["train_seconds"] = round(run.seconds, 1)
-            results["with" if prior else "without"].append(report)
-            print(
-                json.dumps({"seed": seed, "prior_preservation": prior, **{k: report[k] for k in METRICS}}), flush=True
-            )
-    print(f"\n{'':28s}" + "".join(f"{m:>22s}" for m in METRICS))
+        for name in RUNS:
+            print(json.dumps({"seed": seed, "run": name, **results[name][-1]}), flush=True)
+    print(f"\n{'':28s}" + "".join(f"{m:>20s}" for m in METRICS))
     for name, rows in results.items():
         cells = "".join(
-            f"{statistics.mean(r[m] for r in rows):14.3f} ± {statistics.pstdev(r[m] for r in rows):.3f}"
+            f"{statistics.mean(r[m] for r in rows):12.3f} ± {statistics.pstdev(r[m] for r in rows):.3f}"
             for m in METRICS
         )
-        print(f"{name + ' prior preservation':28s}{cells}")
+        label = name if name == "base model" else f"{name} prior preservation"
+        print(f"{label:28s}{cells}")
     print(
-        f"seeds {args.seeds}, {args.steps} steps, lr {args.learning_rate}, text encoder "
+        f"seeds {args.seeds}, identifier {args.identifier!r}, {args.steps} steps, lr {args.learning_rate}, "
+        f"{args.num_class_images} class images at guidance {args.class_guidance_scale}, text encoder "
         f"{'trained' if args.train_text_encoder else 'frozen'}, {args.num_samples} samples per prompt"
     )
-    ceiling = fidelity_ceiling(
-        toy_scorers(), photos, new_subject_photos(args.subject, 24, seed=7), vae=load_pipeline("toy").vae
-    )
-    for name, rows in results.items():
-        share = statistics.mean(r["subject_fidelity"] for r in rows) / ceiling["through_vae"]
+    for seed, base, w, wo in zip(args.seeds, *results.values()):
+        print(f"seed {seed}: DIV with / base {w['div'] / base['div']:.2f}; {json.dumps(_checks(base, w, wo))}")
+    ceiling = fidelity_ceiling(toy_scorers(), photos, new_subject_photos(args.subject, 24, seed=7), vae=base_pipe.vae)
+    for name in ("with", "without"):
+        share = statistics.mean(r["subject_fidelity"] for r in results[name]) / ceiling["through_vae"]
         print(f"{name} prior preservation: subject fidelity {share:.3f} of the ceiling through the VAE")
     print(f"ceiling: {json.dumps({k: round(v, 4) for k, v in ceiling.items()})}")
-    for seed, w, wo in zip(args.seeds, results["with"], results["without"]):
-        holds = {
-            "pres_lower": w["pres"] < wo["pres"],
-            "div_higher": w["div"] > wo["div"],
-            "fidelity_within_10%": abs(w["subject_fidelity"] / wo["subject_fidelity"] - 1) <= 0.10,
-        }
-        print(f"seed {seed}: {json.dumps(holds)}")
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def execute(notebook: Path, output: Path, timeout: int = CELL_TIMEOUT_S) -> floa
             resources={"metadata": {"path": str(notebook.parent)}},
         )
         try:
-            client.execute()
+            client.execute(cleanup_kc=True)  # shut the kernel down: a kernel manager passed in is not the client's
         except CellTimeoutError:
             raise NotebookFailed(f"a cell ran past {timeout} s and was stopped") from None
         except CellExecutionError:

@@ -60,6 +60,10 @@ class Profile:
     # SD3's pipeline feeds its transformer this many T5 tokens (zeros when the model has no T5); None: the
     # pipeline's own default. The toy flow model was trained with none (helpers.toy.flow_model says why).
     max_sequence_length: int | None = None
+    # Guidance for drawing DreamBooth's class images; None: ``guidance_scale``, as diffusers' script draws
+    # them. The toy draws them unguided: guided class images teach the fine-tune the guided look, and
+    # guided sampling of the fine-tune compounds it (notebook 05 measures the collapse it causes).
+    class_guidance_scale: float | None = None
 
     @property
     def is_toy(self) -> bool:
@@ -75,7 +79,7 @@ class Profile:
         return {} if self.max_sequence_length is None else {"max_sequence_length": self.max_sequence_length}
 
 
-TOY = Profile("toy", str(TOY_MODEL), "cpu", torch.float32, 64, 50, 4.0)
+TOY = Profile("toy", str(TOY_MODEL), "cpu", torch.float32, 64, 50, 4.0, class_guidance_scale=1.0)
 SD15 = Profile("sd15", SD15_MODEL, "cuda", torch.float16, 512, 50, 7.5, "fp16", DINO_MODEL, CLIP_MODEL)
 # 28 Euler steps: the SD3 pipeline's default; notebook 11 measures the toy's class accuracy flat from 8 steps on.
 TOY_FLOW = Profile(

@@ -61,11 +61,16 @@ class PriorSettings:
     weights: str = ""  # weights_fingerprint(model)
 
     @classmethod
-    def for_model(cls, model: str, prompt: str, count: int, seed: int = 0) -> "PriorSettings":
-        """The settings the trainer uses for ``model``: its profile's sampler steps, guidance and size."""
+    def for_model(
+        cls, model: str, prompt: str, count: int, seed: int = 0, guidance_scale: float | None = None
+    ) -> "PriorSettings":
+        """The settings the trainer uses for ``model``: its profile's sampler steps and size, and its
+        class-image guidance unless ``guidance_scale`` is given (the trainer's --class_guidance_scale)."""
         from helpers.diffusion.profiles import profile_for_model, resolve_model
 
         profile, resolved = profile_for_model(model), resolve_model(model)
+        if guidance_scale is None:
+            guidance_scale = profile.class_guidance_scale or profile.guidance_scale
         return cls(
             model=resolved,
             weights=weights_fingerprint(resolved),
@@ -73,7 +78,7 @@ class PriorSettings:
             count=count,
             seed=seed,
             num_inference_steps=profile.num_inference_steps,
-            guidance_scale=profile.guidance_scale,
+            guidance_scale=guidance_scale,
             resolution=profile.resolution,
         )
 

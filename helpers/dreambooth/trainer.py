@@ -85,6 +85,13 @@ class TrainConfig(TrainerSettings):
     with_prior_preservation: bool = flag(False, "add the prior-preservation loss on class images")
     prior_loss_weight: float = 1.0
     num_class_images: int = 100
+    class_guidance_scale: float | None = flag(
+        None,
+        "guidance scale for drawing the class images (default: the profile's; SD 1.x: its sampling guidance, "
+        "as diffusers' script draws them; the toy: 1.0). Class images drawn with guidance g teach the class "
+        "prompt the guided look, and sampling the fine-tune with guidance g again compounds it to about g x g; "
+        "1.0 draws the model's own class, which the prior loss then keeps as it was (notebook 05)",
+    )
     center_crop: bool = False
     random_flip: bool = False
     text_encoder_lr: float | None = flag(None, "learning rate of the text encoder (default: --learning_rate)")
@@ -135,6 +142,7 @@ class TrainConfig(TrainerSettings):
         at_least("--prior_loss_weight", self.prior_loss_weight, 0, "pass 1.0, as diffusers does, or 0 to turn it off")
         if self.with_prior_preservation:
             at_least("--num_class_images", self.num_class_images, 1, "pass how many class images to use, e.g. 100")
+        at_least("--class_guidance_scale", self.class_guidance_scale, 1.0, "pass 1.0 to draw without guidance")
         at_least("--sample_batch_size", self.sample_batch_size, 1, "pass how many class images to draw at once, e.g. 8")
         positive("--text_encoder_lr", self.text_encoder_lr, "pass a positive number, or omit it for --learning_rate")
         positive("--lora_alpha", self.lora_alpha, "pass a positive number, or omit it for a scale of 1")
@@ -243,7 +251,11 @@ class Trainer:
             return [], None
         settings = dataclasses.replace(
             PriorSettings.for_model(
-                cfg.pretrained_model_name_or_path, cfg.class_prompt, cfg.num_class_images, cfg.seed
+                cfg.pretrained_model_name_or_path,
+                cfg.class_prompt,
+                cfg.num_class_images,
+                cfg.seed,
+                guidance_scale=cfg.class_guidance_scale,
             ),
             resolution=self.resolution,
         )

@@ -88,10 +88,12 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
 
 
 def sweet_spot(rows: list[dict], keep: float = 0.9) -> int:
-    """The step to keep: the highest subject fidelity among the steps whose new-context prompt
-    fidelity is still at least ``keep`` of the best any step reached. Later steps that draw the
-    subject a little better by ignoring the prompt are the overfitting the lesson looks for."""
-    best = max(r["context_fidelity"] for r in rows)
+    """The step to keep: the highest subject fidelity among the trained steps whose new-context prompt
+    fidelity is still at least ``keep`` of the best a trained step reached. Later steps that draw the
+    subject a little better by ignoring the prompt are the overfitting the lesson looks for. The base
+    model (step 0) sets no bar and is never kept: it follows every prompt because it knows no subject."""
+    trained = [r for r in rows if r["step"] > 0] or rows
+    best = max(r["context_fidelity"] for r in trained)
     floor = best - (1 - keep) * abs(best)  # the best step itself always qualifies, whatever the scale's sign
-    allowed = [r for r in rows if r["context_fidelity"] >= floor]
+    allowed = [r for r in trained if r["context_fidelity"] >= floor]
     return max(allowed, key=lambda r: r["subject_fidelity"])["step"]

@@ -132,19 +132,23 @@ def evaluate_model(
     num_inference_steps: int = 50,
     guidance_scale: float = 4.0,
     pipe_kwargs: dict | None = None,
+    keep_class_samples: bool = False,
 ) -> dict:
     """subject_fidelity, prompt_fidelity, pres and div of a (fine-tuned) pipeline, averaged over seeds;
-    ``pipe_kwargs`` go to every pipeline call (a profile's ``pipeline_kwargs``)."""
+    ``pipe_kwargs`` go to every pipeline call (a profile's ``pipeline_kwargs``). With
+    ``keep_class_samples`` the report also holds the class-prompt images it scored ("class_samples",
+    every seed's in turn), for a caller that looks at them or judges them further."""
     from helpers.diffusion.generate import generate_images
 
     scorers = scorers or toy_scorers()
     subject = scorers.embed(subject_images)
-    rows = []
+    rows, class_samples = [], []
     for seed in seeds:
         kw = dict(seed=seed * 10_000, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
         kw |= pipe_kwargs or {}
         inst_images = generate_images(pipe, instance_prompt, num_samples, **kw)
-        inst, cls = scorers.embed(inst_images), scorers.embed(generate_images(pipe, class_prompt, num_samples, **kw))
+        class_samples += generate_images(pipe, class_prompt, num_samples, **kw)
+        inst, cls = scorers.embed(inst_images), scorers.embed(class_samples[-num_samples:])
         rows.append(
             {
                 "subject_fidelity": metrics.subject_fidelity(inst, subject),
@@ -163,6 +167,8 @@ def evaluate_model(
             "class_prompt": class_prompt,
         }
     )
+    if keep_class_samples:
+        report["class_samples"] = class_samples
     return report
 
 

@@ -402,8 +402,10 @@ def run_loop(
                 entry = {"loss": loss.item()} | {name: v.item() for name, v in named.items()} | {"lr": lr}
                 history.append({"step": done - len(pending) + k + 1} | entry)
                 acc.log(entry, step=history[-1]["step"])
+            # one step's loss jumps with its random timesteps: the bar shows the interval's mean, and says so
+            interval = [h["loss"] for h in history[-len(pending) :]]
+            bar.set_postfix({f"loss (mean of {len(interval)} steps)": f"{sum(interval) / len(interval):.4f}"})
             pending.clear()
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if after_step is not None:
             after_step(done)
         if checkpoint_now:

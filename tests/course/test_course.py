@@ -5,6 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers.course import runner
 from helpers.course.runner import INTERACTIVE, WIDGET_STATE, WIDGET_VIEW, NotebookFailed, execute, finish_widgets
 
 
@@ -62,9 +63,15 @@ def test_a_failing_cell_is_one_line_naming_it_and_the_executed_copy_shows_the_er
     assert copy.cells[1].outputs[0]["ename"] == "ZeroDivisionError" and copy.cells[2].outputs == []
 
 
-def test_a_notebook_runs_without_the_kernels_plain_text_transport_warning(tmp_path, capfd):
+def test_a_notebook_runs_without_the_kernels_plain_text_transport_warning_and_its_kernel_ends(
+    tmp_path, capfd, monkeypatch
+):
+    managers = []
+    make = runner._kernel_manager
+    monkeypatch.setattr(runner, "_kernel_manager", lambda folder: managers.append(make(folder)) or managers[-1])
     (tmp_path / "out" / "notebooks").mkdir(parents=True)
     execute(_notebook("print(6 * 7)", folder=tmp_path), tmp_path / "out")
+    assert managers and not managers[0].has_kernel  # shut down, not left running until the runner exits
     copy = nbformat.read(tmp_path / "out" / "notebooks" / "nb.ipynb", as_version=4)
     assert copy.cells[0].outputs[0]["text"] == "42\n"
     assert "without encryption" not in capfd.readouterr().err

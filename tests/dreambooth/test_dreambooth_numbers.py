@@ -31,6 +31,8 @@ BAD = [
     ("prior_loss_weight", "-1"),
     ("prior_loss_weight", "nan"),
     ("num_class_images", "0"),
+    ("class_guidance_scale", "0.5"),
+    ("class_guidance_scale", "nan"),
     ("text_encoder_lr", "inf"),
     ("text_encoder_lr", "0"),
     ("lora_rank", "0"),

@@ -171,6 +171,13 @@ def test_class_image_cache_is_reused_only_for_the_same_settings(tmp_path, toy_pi
     assert cache_status(folder, changed) == "files missing"
 
 
+def test_class_images_are_drawn_at_the_profiles_class_guidance_unless_told(sd_folders):
+    # the toy draws its class unguided (notebook 05 says why); SD 1.x as diffusers does, at its sampling guidance
+    assert PriorSettings.for_model("toy", "a photo of dog", 2).guidance_scale == 1.0
+    assert PriorSettings.for_model(str(sd_folders.fp16), "a photo of dog", 2).guidance_scale == 7.5
+    assert PriorSettings.for_model("toy", "a photo of dog", 2, guidance_scale=4.0).guidance_scale == 4.0
+
+
 def test_class_images_of_a_model_retrained_in_place_are_drawn_again(tmp_path, toy_pipe):
     model = tmp_path / "model"
     toy_pipe.save_pretrained(model)

@@ -54,14 +54,16 @@ def test_every_checkpoint_is_scored_on_the_same_samples(run, toy_pipe):
 
 def test_the_step_to_keep_is_the_best_subject_before_the_prompt_is_dropped():
     rows = [
-        {"step": 0, "subject_fidelity": 0.70, "context_fidelity": 1.00},
-        {"step": 100, "subject_fidelity": 0.85, "context_fidelity": 0.96},
-        {"step": 200, "subject_fidelity": 0.86, "context_fidelity": 0.92},
+        {"step": 0, "subject_fidelity": 0.70, "context_fidelity": 1.00},  # the base model: no subject, any prompt
+        {"step": 100, "subject_fidelity": 0.85, "context_fidelity": 0.90},
+        {"step": 200, "subject_fidelity": 0.86, "context_fidelity": 0.84},
         {"step": 300, "subject_fidelity": 0.90, "context_fidelity": 0.60},  # overfitted: the prompt is ignored
     ]
+    # the bar is 90% of step 100's 0.90, not of the base model's 1.00 (which would leave only step 100)
     assert sweet_spot(rows) == 200 and sweet_spot(rows, keep=0.95) == 100
-    negative = [dict(r, context_fidelity=r["context_fidelity"] - 2) for r in rows]  # -1.0, -1.04, -1.08, -1.4
+    negative = [dict(r, context_fidelity=r["context_fidelity"] - 2) for r in rows]  # -1.0, -1.1, -1.16, -1.4
     assert sweet_spot(negative) == 200  # within 10% of the best's size below it: the same steps qualify
+    assert sweet_spot(rows[:1]) == 0  # only the base model scored: nothing else to keep
     mean = mean_rows([rows[:2], [dict(r, subject_fidelity=0.5) for r in rows[:2]]])
-    assert [r["step"] for r in mean] == [0, 100] and [r["context_fidelity"] for r in mean] == [1.0, 0.96]
+    assert [r["step"] for r in mean] == [0, 100] and [r["context_fidelity"] for r in mean] == [1.0, 0.9]
     assert [r["subject_fidelity"] for r in mean] == pytest.approx([0.6, 0.675])

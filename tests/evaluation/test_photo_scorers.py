@@ -84,3 +84,18 @@ def test_evaluate_model_with_photo_scorers(toy_pipe, tiny_dino, tiny_clip):
     assert report["subject_fidelity"] == pytest.approx(expected, abs=1e-4)
     assert report["prompt_fidelity"] == pytest.approx(scorers.prompt_fidelity(samples, "a photo of sks dog"), abs=1e-4)
     assert 0 <= report["div"] <= 2
+
+
+def test_evaluate_model_keeps_the_class_samples_it_scored_when_asked(toy_pipe, tiny_dino, tiny_clip):
+    scorers = make_photo_scorers(tiny_dino, tiny_clip)
+    kw = dict(num_samples=2, seeds=(0, 1), scorers=scorers, num_inference_steps=2)
+    report = evaluate_model(toy_pipe, _photos(2), "a photo of sks dog", "a photo of dog", keep_class_samples=True, **kw)
+    assert "class_samples" not in evaluate_model(toy_pipe, _photos(2), "a photo of sks dog", "a photo of dog", **kw)
+    expected = [
+        img
+        for seed in (0, 1)
+        for img in generate_images(toy_pipe, "a photo of dog", 2, seed=seed * 10_000, num_inference_steps=2)
+    ]
+    assert [list(a.getdata()) for a in report["class_samples"]] == [list(b.getdata()) for b in expected]
+    per_seed = [metrics.diversity(scorers.embed(expected[i : i + 2])) for i in (0, 2)]
+    assert report["div"] == pytest.approx(sum(per_seed) / 2, abs=1e-4)
