@@ -75,7 +75,7 @@ class NotebookFailed(Exception):
 
 
 def failed_cell(nb) -> str:
-    """ "cell N: ErrorName: message" for the first cell whose outputs hold an error (N counts from 1)."""
+    """The first cell whose outputs hold an error, as 'cell N: ErrorName: message' (N counts from 1)."""
     for number, cell in enumerate(nb.cells, 1):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
