@@ -28,6 +28,13 @@ def prompt_fidelity(verdict: Verdict, wanted: dict[str, str | None]) -> dict[str
     return out
 
 
+def half_spread(values) -> float:
+    """Half the range of a few seeds' values: the "±" the notebooks print beside a mean, and the bar
+    that a difference between two settings must clear before two seeds can tell them apart."""
+    values = list(values)
+    return (max(values) - min(values)) / 2
+
+
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean cosine similarity over all pairs (a_i, b_j)."""
     return (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T).mean().item()

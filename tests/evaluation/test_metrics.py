@@ -68,3 +68,8 @@ def test_frechet_distance_is_zero_for_one_set_and_symmetric():
 def test_frechet_distance_needs_two_samples():
     with pytest.raises(ValueError, match="at least two"):
         metrics.frechet_distance(torch.randn(1, 4), torch.randn(5, 4))
+
+
+def test_half_spread_is_half_the_range_of_the_seeds_values():
+    assert metrics.half_spread([0.8, 0.7, 0.9]) == pytest.approx(0.1)
+    assert metrics.half_spread(iter([0.5])) == 0.0
