@@ -469,7 +469,7 @@ image = pipe(
 
 (`StableDiffusion3Pipeline.from_pretrained` refuses a folder saved without T5 unless the call passes
 `text_encoder_3=None, tokenizer_3=None`; `load_pipeline` does.) The course's commands know it as the
-`toy-flow` profile (28 Euler steps, guidance 4, `max_sequence_length` 0), e.g.
+`toy-flow` profile (28 Euler steps and guidance 7, the SD3 pipeline's defaults, `max_sequence_length` 0), e.g.
 `python -m helpers.generate --model toy-flow --prompt "a photo of a red dog" --output_dir DIR`.
 The training data are toy renders only; the model draws nothing but the toy world.
 """
