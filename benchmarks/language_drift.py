@@ -1,9 +1,9 @@
 """Language drift over several seeds: the same fine-tune with and without prior preservation, and the base model.
 
-    python benchmarks/language_drift.py --seeds 0 1 2 [--identifier sks] [--train_text_encoder]
+    python benchmarks/language_drift.py --seeds 0 1 2 [--identifier sks] [--train_text_encoder] [--use_8bit_adam]
 
 For each seed, two toy DreamBooth runs that differ only in --with_prior_preservation, with notebooks
-04 and 05's recipe (class images drawn unguided, the text encoder frozen), then subject fidelity,
+05's recipe on the toy (class images drawn unguided, the text encoder frozen, 32-bit AdamW), then subject fidelity,
 prompt fidelity, PRES and DIV of each and of the base model (helpers.evaluation.evaluate.evaluate_model,
 the same sample seeds for all three), and what the toy judge reads in the class-prompt samples: how
 many colours and backgrounds appear.
@@ -42,7 +42,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--identifier", default="sks", help="the rare word of the instance prompt")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--num_class_images", type=int, default=64)
+    parser.add_argument("--num_class_images", type=int, default=200)
     parser.add_argument(
         "--class_guidance_scale", type=float, default=1.0, help="the course's toy recipe draws class images unguided"
     )
@@ -50,6 +50,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--subject", default="toy_dog", help="a toy subject in data/subjects/")
     parser.add_argument("--class_noun", default="dog")
     parser.add_argument("--train_text_encoder", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument(
+        "--use_8bit_adam", action=argparse.BooleanOptionalAction, default=False, help="as notebook 05 on a GPU"
+    )
     return parser.parse_args()
 
 
@@ -68,7 +71,7 @@ def _finetune(args: argparse.Namespace, work: Path, seed: int, prior: bool, prom
             learning_rate=args.learning_rate,
             max_train_steps=args.steps,
             train_text_encoder=args.train_text_encoder,
-            use_8bit_adam=True,
+            use_8bit_adam=args.use_8bit_adam,
             checkpointing_steps=0,
             seed=seed,
             output_dir=str(out),
