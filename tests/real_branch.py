@@ -28,7 +28,8 @@ SIZES = {
     "03_generate_class_priors": 'NUM_CLASS_IMAGES["sd15"] = 2',
     "04_dreambooth_8bit_adam": (
         'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\nSETTINGS["samples"]["sd15"] = 2\n'
-        'SETTINGS["spot_steps"]["sd15"], SETTINGS["spot_every"]["sd15"], SETTINGS["spot_samples"]["sd15"] = 2, 1, 2'
+        'SETTINGS["spot_steps"]["sd15"], SETTINGS["spot_every"]["sd15"], SETTINGS["spot_samples"]["sd15"] = 2, 1, 2\n'
+        'SETTINGS["spot_class_images"]["sd15"] = 2'
     ),
     "05_language_drift": (
         'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\nSETTINGS["samples"]["sd15"] = 2'
