@@ -115,17 +115,17 @@ def main() -> None:
     prompts = (f"a photo of {args.identifier} {args.class_noun}", f"a photo of {args.class_noun}")
     photos = load_image_folder(ROOT / "data" / "subjects" / args.subject)
     judge, base_pipe = load_judge(TOY_JUDGE), load_pipeline("toy")
-    work = Path(tempfile.mkdtemp(prefix="drift-"))
     results: dict[str, list[dict]] = {name: [] for name in RUNS}
-    for seed in args.seeds:
-        results["base model"].append(_score(base_pipe, photos, prompts, seed, args.num_samples, judge))
-        for prior in (True, False):
-            out = _finetune(args, work, seed, prior, prompts)
-            results["with" if prior else "without"].append(
-                _score(load_pipeline(str(out)), photos, prompts, seed, args.num_samples, judge)
-            )
-        for name in RUNS:
-            print(json.dumps({"seed": seed, "run": name, **results[name][-1]}), flush=True)
+    with tempfile.TemporaryDirectory(prefix="drift-") as folder:  # the fine-tunes and class images: gone after
+        for seed in args.seeds:
+            results["base model"].append(_score(base_pipe, photos, prompts, seed, args.num_samples, judge))
+            for prior in (True, False):
+                out = _finetune(args, Path(folder), seed, prior, prompts)
+                results["with" if prior else "without"].append(
+                    _score(load_pipeline(str(out)), photos, prompts, seed, args.num_samples, judge)
+                )
+            for name in RUNS:
+                print(json.dumps({"seed": seed, "run": name, **results[name][-1]}), flush=True)
     print(f"\n{'':28s}" + "".join(f"{m:>20s}" for m in METRICS))
     for name, rows in results.items():
         cells = "".join(
@@ -137,7 +137,8 @@ def main() -> None:
     print(
         f"seeds {args.seeds}, identifier {args.identifier!r}, {args.steps} steps, lr {args.learning_rate}, "
         f"{args.num_class_images} class images at guidance {args.class_guidance_scale}, text encoder "
-        f"{'trained' if args.train_text_encoder else 'frozen'}, {args.num_samples} samples per prompt"
+        f"{'trained' if args.train_text_encoder else 'frozen'}, {'8' if args.use_8bit_adam else '32'}-bit AdamW, "
+        f"{args.num_samples} samples per prompt"
     )
     for seed, base, w, wo in zip(args.seeds, *results.values()):
         print(f"seed {seed}: DIV with / base {w['div'] / base['div']:.2f}; {json.dumps(_checks(base, w, wo))}")
