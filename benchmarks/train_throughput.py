@@ -27,12 +27,8 @@ CONFIGS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=60)
-    args = parser.parse_args()
-    configure_cpu()
-    work = Path(tempfile.mkdtemp(prefix="throughput-"))
+def measure(work: Path, steps: int) -> list[dict]:
+    """Train each configuration in 32 and 8 bits for ``steps`` steps in ``work``; a row of figures each."""
     rows = []
     for name, extra in CONFIGS.items():
         for eight_bit in (False, True):
@@ -45,7 +41,7 @@ def main() -> None:
                     num_class_images=16,
                     train_batch_size=2,
                     learning_rate=1e-4,
-                    max_train_steps=args.steps,
+                    max_train_steps=steps,
                     use_8bit_adam=eight_bit,
                     checkpointing_steps=0,
                     output_dir=str(work / "out"),
@@ -63,6 +59,16 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+    configure_cpu()
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:  # class images and fine-tunes, removed after
+        rows = measure(Path(tmp), args.steps)
     print(f"\n{'config':28s} {'optimizer':10s} {'steps/s':>8s} {'opt. state MiB':>15s}")
     for r in rows:
         print(f"{r['config']:28s} {r['optimizer']:10s} {r['steps_per_second']:8.2f} {r['optimizer_state_MiB']:15.2f}")

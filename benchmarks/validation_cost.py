@@ -50,15 +50,16 @@ def main() -> None:
     parser.add_argument("--num_validation_images", type=int, default=4)
     args = parser.parse_args()
     configure_cpu()
-    work = Path(tempfile.mkdtemp(prefix="validation-cost-"))
-    plain = run(work / "plain", args.steps)
-    sampled = run(
-        work / "sampled",
-        args.steps,
-        validation_prompt="a photo of sks dog in the snow",
-        validation_steps=args.validation_steps,
-        num_validation_images=args.num_validation_images,
-    )
+    with tempfile.TemporaryDirectory(prefix="validation-cost-") as tmp:  # both fine-tunes, removed after
+        work = Path(tmp)
+        plain = run(work / "plain", args.steps)
+        sampled = run(
+            work / "sampled",
+            args.steps,
+            validation_prompt="a photo of sks dog in the snow",
+            validation_steps=args.validation_steps,
+            num_validation_images=args.num_validation_images,
+        )
     validations = args.steps // args.validation_steps
     per_validation = sampled["validation_seconds"] / validations
     step_seconds = plain["seconds"] / args.steps

@@ -242,8 +242,8 @@ def train_unet(
     Resumable: a killed run started again with the same command goes on from its last state."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    tok_dir = Path(tempfile.mkdtemp(prefix="toy-tokenizer-"))
-    tokenizer = toytokenizer.build_tokenizer(tok_dir)
+    with tempfile.TemporaryDirectory(prefix="toy-tokenizer-") as tok_dir:  # loaded into memory, saved with the stage
+        tokenizer = toytokenizer.build_tokenizer(tok_dir)
     vae = AutoencoderKL.from_pretrained(stage).eval()
     started, work = time.time(), claim_output(unet_stage_dir(output), TOOL, STAGE_FLAG, shipped_ok=True)
     latents, captions, coverage = cached_dataset(work, vae, dataset_size, seed)

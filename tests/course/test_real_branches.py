@@ -16,7 +16,8 @@ EXECUTED = real_branch.ROOT / "outputs" / "real-branch"
 
 
 @pytest.mark.parametrize("name", list(real_branch.SIZES))
-def test_real_branch(name, request, tmp_path):
+def test_real_branch(name, request, tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path / "outputs"))  # the kernel's own: nothing shared, nothing stale
     module = real_branch.fixture_module(name)
     folders = request.getfixturevalue({"sd_shaped": "sd_folders", "sd3_shaped": "sd3_folders"}[module])
     lines = real_branch.override(name, folders, f"PROFILE = {module}.cpu_profile(FIXTURE)")
