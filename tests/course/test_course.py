@@ -75,3 +75,16 @@ def test_a_notebook_runs_without_the_kernels_plain_text_transport_warning_and_it
     copy = nbformat.read(tmp_path / "out" / "notebooks" / "nb.ipynb", as_version=4)
     assert copy.cells[0].outputs[0]["text"] == "42\n"
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_every_notebook_that_caches_class_images_runs_in_the_make_test_stream_that_shares_them():
+    """`make test` runs two streams side by side (tests/conftest.py); a notebook drawing class images into the
+    shared cache from the other stream could write the same folder at the same time as one of these."""
+    from conftest import ROOT, SHARED_CLASS_IMAGES
+
+    users = {
+        f"notebooks/{path.name}"
+        for path in (ROOT / "notebooks").glob("*.ipynb")
+        if "class_data_dir(" in path.read_text()
+    }
+    assert users and all(name.startswith(SHARED_CLASS_IMAGES) for name in users), sorted(users)
