@@ -98,7 +98,7 @@ def run_notebook(name: str, folders, args: argparse.Namespace, work: Path) -> di
 def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
     """Notebook 09's SD 1.5 command, with only the model, folders and step count replaced."""
     from helpers.control import dataset as control_data
-    from helpers.control.trainer import main
+    from helpers.control.trainer import SD15_FLAGS, main
 
     cap(args.cap_gib)
     data = control_data.write_dataset(work / "control-data", 64, progress=False)
@@ -111,7 +111,7 @@ def run_controlnet(folders, args: argparse.Namespace, work: Path) -> dict:
     }
     if args.device == "cpu":
         shrunk["mixed_precision"] = "bf16"
-    words = real_branch.replace_flags(real_branch.controlnet_command(), shrunk)
+    words = real_branch.replace_flags(SD15_FLAGS, shrunk)
     start = time.perf_counter()
     error = ""
     try:

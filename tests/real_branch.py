@@ -9,8 +9,6 @@ runs them on a GPU against SD 1.5-sized random weights.
 
 from __future__ import annotations
 
-import json
-import shlex
 import shutil
 from pathlib import Path
 
@@ -20,36 +18,21 @@ from nbmake.nb_run import NotebookRun
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
-# What each notebook shrinks, on top of the profile: steps, image and seed counts; nothing else.
-SIZES = {
-    "00_setup": "",
-    "01_add_noise_n_and_n-1": "",
-    "02_denoising_loss": "NUM_TIMESTEPS, DRAWS = 4, 2",
-    "03_generate_class_priors": 'NUM_CLASS_IMAGES["sd15"] = 2',
-    "04_dreambooth_8bit_adam": (
-        'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\nSETTINGS["samples"]["sd15"] = 2\n'
-        'SETTINGS["spot_steps"]["sd15"], SETTINGS["spot_every"]["sd15"], SETTINGS["spot_samples"]["sd15"] = 2, 1, 2\n'
-        'SETTINGS["spot_class_images"]["sd15"] = 2'
-    ),
-    "05_language_drift": (
-        'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\nSETTINGS["samples"]["sd15"] = 2'
-    ),
-    "06_identifier_and_text_encoder": (
-        'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
-        'SETTINGS["samples"]["sd15"], SETTINGS["eval_steps"]["sd15"] = 2, 2\n'
-        "SEEDS = SEEDS[:1]"
-    ),
-    "07_lora_dreambooth": (
-        'SETTINGS["steps"]["sd15"], SETTINGS["class_images"]["sd15"] = {steps}, 2\n'
-        'SETTINGS["samples"]["sd15"], SETTINGS["eval_steps"]["sd15"] = 2, 2\n'
-        "SEEDS = SEEDS[:1]"
-    ),
-    "08_super_resolution_finetune": (
-        "SD15.update(upscaler=FIXTURE.upscaler, low_size=16, sr_steps=2)\n"
-        "TOY.update(finetune_steps=2, held_out=2, dreambooth_steps=2, sr_steps=2)"
-    ),
-    "11_flow_matching": "BATCH, LOSS_POINTS, DRAWS = 2, 3, 1",
-}
+# The notebooks whose real-model branch CI runs. Each runs at its own SETTINGS' "ci" sizes (``SIZES = "ci"``,
+# helpers.course.settings); the lines below give only what the fixture has besides the profile's model.
+NOTEBOOKS = [
+    "00_setup",
+    "01_add_noise_n_and_n-1",
+    "02_denoising_loss",
+    "03_generate_class_priors",
+    "04_dreambooth_8bit_adam",
+    "05_language_drift",
+    "06_identifier_and_text_encoder",
+    "07_lora_dreambooth",
+    "08_super_resolution_finetune",
+    "11_flow_matching",
+]
+MODEL_PATHS = {"08_super_resolution_finetune": 'X4["upscaler"]["ci"] = FIXTURE.upscaler'}
 # The fixture each notebook's real branch runs on (``sd_shaped`` unless named here), and the profile it checks.
 FIXTURES = {"11_flow_matching": "sd3_shaped"}
 REAL_PROFILES = {"sd_shaped": "sd15", "sd3_shaped": "sd35"}
@@ -59,17 +42,22 @@ def fixture_module(name: str) -> str:
     return FIXTURES.get(name, "sd_shaped")
 
 
-def override(name: str, folders, profile_line: str, steps: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
-    """The lines run after the config cell: the fixture's folders, the profile, the notebook's sizes."""
+def override(name: str, folders, profile_line: str, steps: int | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """The lines run after the config cell: the fixture's folders, the profile, the notebook's "ci" sizes
+    (with ``steps``, a fine-tune's step count in place of the "ci" one)."""
     module = fixture_module(name)
-    return [
+    lines = [
         f"import sys; sys.path.insert(0, {str(TESTS)!r})",
         f"import {module}",
         f"FIXTURE = {module}.Folders(**{ {k: str(v) for k, v in vars(folders).items()}!r})",  # paths as str
         profile_line,
-        *SIZES[name].format(steps=steps).splitlines(),
-        *extra,
+        'SIZES = "ci"',
     ]
+    if name in MODEL_PATHS:
+        lines.append(MODEL_PATHS[name])
+    if steps is not None:
+        lines.append(f"SETTINGS['max_train_steps']['ci'] = {steps}")
+    return lines + list(extra)
 
 
 def with_override(notebook: Path, after_config: list[str], folder: Path) -> Path:
@@ -99,19 +87,6 @@ def run(notebook: Path, executed: Path, timeout: int = 900):
     executed.mkdir(parents=True, exist_ok=True)
     nbformat.write(result.nb, executed / notebook.name)
     return result.error
-
-
-def controlnet_command() -> list[str]:
-    """The flags of the SD 1.5 command that notebook 09 shows (its backslash-continued lines joined)."""
-    cells = json.loads((ROOT / "notebooks" / "09_train_controlnet.ipynb").read_text())["cells"]
-    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown").replace("\\\n", " ")
-    [line] = [
-        line
-        for line in text.splitlines()
-        if line.startswith("python -m helpers.controlnet ")
-        and "--pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5" in line
-    ]
-    return shlex.split(line)[3:]
 
 
 def replace_flags(words: list[str], values: dict[str, str]) -> list[str]:

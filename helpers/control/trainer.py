@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from helpers.control.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
 from helpers.control.dataset import DESCRIPTION, Entry, read_index
+from helpers.control.step import ControlNetData, ControlNetModels, controlnet_step
 from helpers.core.atomic import write_text_atomic
 from helpers.core.cli import settings_command, train_main
 from helpers.core.errors import UsageError
@@ -40,7 +40,7 @@ from helpers.diffusion.latents import preprocess, vae_scale_factor
 from helpers.diffusion.loading import check_float32, load_parts
 from helpers.diffusion.profiles import require_sd, resolve_model
 from helpers.training.loop import (
-    denoising_target,
+    Hooks,
     finish,
     fit,
     load_history,
@@ -56,6 +56,15 @@ from helpers.training.settings import TrainerResult, TrainerSettings, flag
 DECODER = ("up_blocks", "conv_norm_out", "conv_out")  # what unlock_unet_decoder trains
 CACHE_ROWS = 20_000  # above this (fill50k at 512 px) rows are encoded per batch instead of kept in memory
 VALIDATION = "validation.json"
+# Notebook 09's command for SD 1.5: diffusers' recipe for a 16 GB GPU (batch 1 with 4 accumulation steps, gradient
+# checkpointing, 8-bit AdamW), the frozen parts in fp16, on the toy layouts at 512 px. CI runs it on a tiny model.
+SD15_FLAGS = (
+    "--pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 "
+    "--train_data_dir outputs/09/data --output_dir outputs/09/controlnet-sd15 --resolution 512 "
+    "--max_train_steps 6000 --train_batch_size 1 --gradient_accumulation_steps 4 --learning_rate 1e-5 "
+    "--mixed_precision fp16 --use_8bit_adam --gradient_checkpointing --proportion_empty_prompts 0.1 "
+    "--checkpointing_steps 500 --checkpoints_total_limit 2"
+).split()
 
 
 @dataclass(kw_only=True)
@@ -130,6 +139,7 @@ class ControlNetTrainer:
         self.entries = read_index(
             config.train_data_dir, config.image_column, config.conditioning_image_column, config.caption_column
         )[: config.max_train_samples]
+        self.data: ControlNetData | None = None  # prepare() encodes it
         self._load_models()
 
     def _load_models(self) -> None:
@@ -193,24 +203,27 @@ class ControlNetTrainer:
         """As StableDiffusionControlNetPipeline feeds it: resized to the resolution, RGB in [0, 1]."""
         return (preprocess(image, self.resolution) + 1) / 2
 
-    def _prepare_data(self) -> None:
-        self.cached = len(self.entries) <= CACHE_ROWS
-        if self.cached:
-            parts = [self._encode(self.entries[i : i + 256]) for i in range(0, len(self.entries), 256)]
-            self.latents, self.embeddings, self.conditions = (torch.cat(p) for p in zip(*parts))
-        self.empty = self._embed([""])
+    def prepare(self) -> ControlNetData:
+        """What ``train()`` reads at each step: every row encoded once (up to ``CACHE_ROWS``), the empty
+        caption's encoding. Notebook 09 calls it to run the trainer's first step by hand."""
+        if self.data is None:
+            self.data = ControlNetData(self.entries, self._embed([""]), encode=self._encode)
+            if len(self.entries) <= CACHE_ROWS:
+                parts = [self._encode(self.entries[i : i + 256]) for i in range(0, len(self.entries), 256)]
+                self.data.latents, self.data.embeddings, self.data.conditions = (torch.cat(p) for p in zip(*parts))
+        return self.data
 
-    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.cached:
-            return self.latents[idx], self.embeddings[idx], self.conditions[idx]
-        return self._encode([self.entries[i] for i in idx.tolist()])
+    @property
+    def models(self) -> ControlNetModels:
+        """The models a step runs (after ``accelerate.prepare``, the prepared ones)."""
+        return ControlNetModels(self.controlnet, self.unet, self.weight_dtype)
 
     # ----------------------------------------------------------------- training
     def train(self) -> ControlNetResult:
         cfg, acc = self.config, self.accelerator
         if acc.is_main_process:  # made and marked only now: a setting refused while loading leaves no folder
             claim_output(self.output_dir, TOOL, inputs=self.inputs)
-        self._prepare_data()
+        self.prepare()
         params = [p for m in (self.controlnet, self.unet) for p in m.parameters() if p.requires_grad]
         trained = [self.controlnet, self.unet] if cfg.unlock_unet_decoder else [self.controlnet]
 
@@ -231,10 +244,7 @@ class ControlNetTrainer:
             trained,
             [{"params": params, "lr": cfg.learning_rate}],
             self._step_loss,
-            "controlnet",
-            on_prepared,
-            before_loop=validate_from,
-            after_step=self._after_step,
+            Hooks("controlnet", on_prepared, before_loop=validate_from, after_step=self._after_step),
         )
         result = ControlNetResult(**report, validation=self.validation)
         if acc.is_main_process:
@@ -248,32 +258,18 @@ class ControlNetTrainer:
         return result
 
     def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of one micro-batch; every random draw comes from (seed, step, micro, rank)."""
+        """``step.controlnet_step`` on the prepared models, with the generator of (seed, step, micro, rank)."""
         cfg, acc = self.config, self.accelerator
         gen = step_generator(cfg.seed, step, micro, acc.process_index)
-        idx = torch.randint(0, len(self.entries), (cfg.train_batch_size,), generator=gen)
-        latents, embeddings, conditions = self._batch(idx)
-        empty = torch.rand(len(idx), generator=gen) < cfg.proportion_empty_prompts  # for classifier-free guidance
-        embeddings = torch.where(empty[:, None, None], self.empty, embeddings)
-        noise = torch.randn(latents.shape, generator=gen)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-        latents, noise, timesteps, embeddings, conditions = (
-            t.to(acc.device) for t in (latents, noise, timesteps, embeddings, conditions)
+        return controlnet_step(
+            self.models,
+            self.data,
+            self.noise_scheduler,
+            cfg.train_batch_size,
+            cfg.proportion_empty_prompts,
+            gen,
+            acc.autocast(),
         )
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        with acc.autocast():
-            down, mid = self.controlnet(
-                noisy, timesteps, embeddings.to(self.weight_dtype), controlnet_cond=conditions, return_dict=False
-            )
-            pred = self.unet(
-                noisy.to(self.weight_dtype),
-                timesteps,
-                embeddings.to(self.weight_dtype),
-                down_block_additional_residuals=[d.to(self.weight_dtype) for d in down],
-                mid_block_additional_residual=mid.to(self.weight_dtype),
-            ).sample
-        target = denoising_target(self.noise_scheduler, latents, noise, timesteps)
-        return F.mse_loss(pred.float(), target.float()), {}
 
     # ----------------------------------------------------------------- validation
     def _after_step(self, done: int) -> None:

@@ -61,6 +61,25 @@ def settings_command(module: str, settings) -> str:
     return shlex.join(words)
 
 
+def wrapped_command(module: str, flags: list[str], width: int = 100) -> str:
+    """``python -m module flags`` as a README shows a long command: a line broken with a backslash before a
+    flag that would pass ``width``, each flag kept with its value."""
+    units: list[str] = []
+    for word in flags:
+        if units and not word.startswith("--") and units[-1].startswith("--") and " " not in units[-1]:
+            units[-1] += " " + shlex.quote(word)
+        else:
+            units.append(shlex.quote(word))
+    lines = [f"python -m {module}"]
+    for unit in units:
+        if len(lines[-1]) + 1 + len(unit) + 2 > width:
+            lines[-1] += " \\"
+            lines.append("    " + unit)
+        else:
+            lines[-1] += " " + unit
+    return "\n".join(lines)
+
+
 def train_main(config: type, train: Callable, prog: str, description: str, argv: list[str] | None = None) -> None:
     """A trainer's command line: flags from its settings dataclass, then the result as JSON (no loss history)."""
     import json

@@ -113,7 +113,9 @@ def _body(config, result, samples: list[str]) -> str:
         ("steps", f"{result.steps}, batch {config.train_batch_size} x {config.gradient_accumulation_steps}"),
         (
             "learning rate",
-            f"{config.learning_rate:g} ({config.lr_scheduler})" + (", scaled" if config.scale_lr else ""),
+            ("the model's default" if config.learning_rate is None else f"{config.learning_rate:g}")
+            + f" ({config.lr_scheduler})"
+            + (", scaled" if config.scale_lr else ""),
         ),
         ("text encoder", "trained" if config.train_text_encoder else "frozen"),
         ("seed", str(config.seed)),

@@ -19,7 +19,6 @@ Scale-out is accelerate's: the same code runs under ``accelerate launch`` or ``t
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,14 +28,11 @@ import torch
 from PIL import Image
 
 from helpers.core.atomic import save_image_atomic, write_text_atomic
-from helpers.core.errors import UsageError
 from helpers.core.figures import image_grid
 from helpers.core.folders import check_output, claim_output, staged
-from helpers.core.numbers import at_least, positive
 from helpers.core.runtime import release_device_memory
 from helpers.diffusion.hub import check_push, push_folder
-from helpers.diffusion.latents import encode as encode_latents
-from helpers.diffusion.latents import preprocess, vae_scale_factor
+from helpers.diffusion.latents import vae_scale_factor
 from helpers.diffusion.loading import check_float32, load_parts
 from helpers.diffusion.lora import (
     TEXT_ENCODER_TARGETS,
@@ -47,17 +43,17 @@ from helpers.diffusion.lora import (
     save_lora,
 )
 from helpers.diffusion.lora_export import export_kohya
-from helpers.diffusion.losses import dreambooth_loss
-from helpers.diffusion.noise import offset_noise
 from helpers.diffusion.profiles import profile_for_model, require_sd, resolve_model
 from helpers.diffusion.prompts import check_prompt
 from helpers.dreambooth.card import CARD, model_card
+from helpers.dreambooth.config import TrainConfig
 from helpers.dreambooth.identifiers import identifier_warnings, identifier_words
 from helpers.dreambooth.instances import load_instances
 from helpers.dreambooth.priors import check_class_folder
+from helpers.dreambooth.step import DreamBoothData, DreamBoothModels, dreambooth_step, prepare_data
 from helpers.training import trackers
 from helpers.training.loop import (
-    denoising_target,
+    Hooks,
     finish,
     fit,
     make_accelerator,
@@ -67,87 +63,7 @@ from helpers.training.loop import (
     weight_dtype,
     write_result,
 )
-from helpers.training.settings import TrainerResult, TrainerSettings, flag
-
-
-@dataclass(kw_only=True)
-class TrainConfig(TrainerSettings):
-    """The DreamBooth trainer's settings; names follow diffusers' train_dreambooth.py flags."""
-
-    instance_data_dir: str = field(metadata={"help": "folder with the subject's photos"})
-    instance_prompt: str = field(metadata={"help": "prompt with the identifier, e.g. 'a photo of sks dog'"})
-    class_data_dir: str | None = flag(
-        None,
-        "class images: any you put there are used, and the model draws the rest up to --num_class_images "
-        "(cached with a manifest)",
-    )
-    class_prompt: str | None = flag(None, "prompt for the class, e.g. 'a photo of dog'")
-    with_prior_preservation: bool = flag(False, "add the prior-preservation loss on class images")
-    prior_loss_weight: float = 1.0
-    num_class_images: int = 100
-    class_guidance_scale: float | None = flag(
-        None,
-        "guidance scale for drawing the class images (default: the profile's; SD 1.x: its sampling guidance, "
-        "as diffusers' script draws them; the toy: 1.0). Class images drawn with guidance g teach the class "
-        "prompt the guided look, and sampling the fine-tune with guidance g again compounds it to about g x g; "
-        "1.0 draws the model's own class, which the prior loss then keeps as it was (notebook 05)",
-    )
-    center_crop: bool = False
-    random_flip: bool = False
-    text_encoder_lr: float | None = flag(None, "learning rate of the text encoder (default: --learning_rate)")
-    train_text_encoder: bool = False
-    lora_rank: int | None = flag(
-        None,
-        "train rank-r LoRA adapters on the attention projections instead of the "
-        "whole UNet (and of the text encoder with --train_text_encoder); the output "
-        "loads with load_lora_weights",
-    )
-    lora_alpha: float | None = flag(None, "LoRA scale numerator (default: --lora_rank, so the scale alpha/rank is 1)")
-    snr_gamma: float | None = flag(None, "min-SNR weighting gamma (5.0 is the paper's choice)")
-    offset_noise: bool = flag(False, "add 0.1 x per-channel offset noise")
-    validation_prompt: str | None = flag(
-        None, "draw samples of this prompt every --validation_steps steps and after the last (into validation/)"
-    )
-    num_validation_images: int = 4
-    validation_steps: int = flag(100, "how often the --validation_prompt samples are drawn")
-    sample_batch_size: int = 8
-    output_kohya_format: bool = flag(
-        False, "with --lora_rank, also write the LoRA in kohya's format for A1111/ComfyUI (helpers.export_lora)"
-    )
-    push_to_hub: bool = flag(False, "upload the model (weights, configs, card, samples) to a private hub repository")
-    hub_model_id: str | None = flag(None, "the hub repository to push to (default: the output folder's name)")
-    hub_token: str | None = field(default=None, repr=False, metadata={"help": "a hub token (default: `hf auth login`)"})
-    hub_public: bool = flag(False, "with --push_to_hub, create the hub repository public (default: private)")
-
-    def check(self) -> None:
-        """Bad settings end with one line that says what to change."""
-        if self.with_prior_preservation and not self.class_prompt:
-            raise UsageError('--with_prior_preservation needs --class_prompt (for example "a photo of dog")')
-        if self.with_prior_preservation and not self.class_data_dir:
-            raise UsageError("--with_prior_preservation needs --class_data_dir: where class images are cached")
-        super().check()
-        if self.lora_rank is not None and self.lora_rank < 1:
-            raise UsageError(
-                f"--lora_rank must be a positive integer (got {self.lora_rank}); leave it out for a full fine-tune"
-            )
-        if not self.instance_prompt.strip():
-            raise UsageError('--instance_prompt is empty: use something like "a photo of sks dog"')
-        if self.output_kohya_format and self.lora_rank is None:
-            raise UsageError("--output_kohya_format exports a LoRA: it needs --lora_rank")
-        if self.validation_steps < 1 or self.num_validation_images < 1:
-            raise UsageError(
-                f"--validation_steps and --num_validation_images must be at least 1 (got {self.validation_steps} "
-                f"and {self.num_validation_images}); to draw no samples, leave out --validation_prompt"
-            )
-        at_least("--prior_loss_weight", self.prior_loss_weight, 0, "pass 1.0, as diffusers does, or 0 to turn it off")
-        if self.with_prior_preservation:
-            at_least("--num_class_images", self.num_class_images, 1, "pass how many class images to use, e.g. 100")
-        at_least("--class_guidance_scale", self.class_guidance_scale, 1.0, "pass 1.0 to draw without guidance")
-        at_least("--sample_batch_size", self.sample_batch_size, 1, "pass how many class images to draw at once, e.g. 8")
-        positive("--text_encoder_lr", self.text_encoder_lr, "pass a positive number, or omit it for --learning_rate")
-        positive("--lora_alpha", self.lora_alpha, "pass a positive number, or omit it for a scale of 1")
-        positive("--snr_gamma", self.snr_gamma, "pass e.g. 5.0, the paper's choice, or leave it out for the plain loss")
-
+from helpers.training.settings import TrainerResult
 
 TOOL = "helpers.dreambooth"  # what marks the output folders this trainer makes (helpers.core.folders)
 VALIDATION = "validation"  # the folder of validation grids, one per step: validation/step-00100.png
@@ -175,6 +91,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, pipe_factory=None) -> None:
         config.check()
+        if config.learning_rate is None:  # left out: the model's own (5e-6 for SD 1.x, 1e-4 for the toy)
+            model = config.pretrained_model_name_or_path
+            config = dataclasses.replace(config, learning_rate=profile_for_model(model).learning_rate)
         self.config = config
         self.inputs = {"--instance_data_dir": config.instance_data_dir, "--class_data_dir": config.class_data_dir}
         self.output_dir = check_output(config.output_dir, TOOL, inputs=self.inputs)  # before any loading
@@ -189,6 +108,7 @@ class Trainer:
             self.output_dir, config.gradient_accumulation_steps, config.mixed_precision, config.report_to
         )
         self.validation_seconds, self.validation_grids = 0.0, []
+        self.data: DreamBoothData | None = None  # prepare() computes it
         self._pipe_factory = pipe_factory
         self._load_models()
 
@@ -224,6 +144,11 @@ class Trainer:
             warnings.warn(message, stacklevel=2)
         self._check_prompts({"--instance_prompt": cfg.instance_prompt})
         self._check_prompts({"--class_prompt": cfg.class_prompt, "--validation_prompt": cfg.validation_prompt}, ())
+
+    @property
+    def models(self) -> DreamBoothModels:
+        """The models a step runs (after ``accelerate.prepare``, the prepared UNet and text encoder)."""
+        return DreamBoothModels(self.unet, self.text_encoder, self.vae)
 
     def _check_prompts(self, prompts: dict[str, str | None], identifier: list[str] | None = None) -> None:
         """Each prompt against the text encoder's window: a warning once for a long one, a refusal when the
@@ -270,38 +195,26 @@ class Trainer:
         release_device_memory()  # the sampling pipeline's own copy of the model is gone now
         return load_class_images(paths), report
 
-    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        return self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.accelerator.device)
-
     # ----------------------------------------------------------------- training
+    def prepare(self) -> DreamBoothData:
+        """What ``train()`` computes before its first step (``step.prepare_data``): the photos with their
+        prompts, and the class images, drawn now where the cache lacks them. Notebook 04 calls it to run
+        the trainer's first step by hand."""
+        if self.data is None:
+            cfg = self.config
+            instances = load_instances(cfg.instance_data_dir, self.resolution, cfg.instance_prompt, cfg.class_prompt)
+            self._check_prompts({f"the caption of {p.name}": prompt for p, prompt in instances.captions.items()})
+            class_imgs, class_report = self._class_images()
+            device = self.accelerator.device
+            self.data = prepare_data(cfg, instances, class_imgs, self.tokenizer, self.models, self.resolution, device)
+            self.data.class_report = class_report
+        return self.data
+
     def train(self) -> TrainResult:
         cfg, acc = self.config, self.accelerator
-        instances = load_instances(cfg.instance_data_dir, self.resolution, cfg.instance_prompt, cfg.class_prompt)
-        self._check_prompts({f"the caption of {path.name}": prompt for path, prompt in instances.captions.items()})
-        if acc.is_main_process:  # made and marked only now: a setting refused while loading leaves no folder
+        self.prepare()
+        if acc.is_main_process:  # made and marked only now: a setting or photo refused before leaves no folder
             claim_output(self.output_dir, TOOL, inputs=self.inputs)
-        instance_images = instances.images
-        class_imgs, class_report = self._class_images()
-        augment = cfg.random_flip or not cfg.center_crop and any(im.size[0] != im.size[1] for im in instance_images)
-        self.cached = not augment
-        if self.cached:  # VAE latents of the centre-cropped images, computed once for the whole run
-            self.instance_latents = encode_latents(self.vae, instance_images, self.resolution)
-            self.class_latents = encode_latents(self.vae, class_imgs, self.resolution) if class_imgs else None
-        self.instance_images, self.class_images_list = instance_images, class_imgs
-        instance_ids = self._encode_prompts(instances.prompts)  # one row per photo: its caption or the prompt
-        class_ids = self._encode_prompts([cfg.class_prompt]) if cfg.with_prior_preservation else None
-        if not cfg.train_text_encoder:
-            with torch.no_grad():
-                self.instance_emb = self.text_encoder(instance_ids)[0]
-                self.class_emb = self.text_encoder(class_ids)[0] if class_ids is not None else None
-        self.instance_ids, self.class_ids = instance_ids, class_ids
-
         groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
         trained = [self.unet]
         if cfg.train_text_encoder:
@@ -321,14 +234,14 @@ class Trainer:
                 names = ("unet", "text_encoder")[: len(models)]
                 pretrained_checkpoints(acc, {n: acc.unwrap_model(m) for n, m in zip(names, models)})
 
-        out, step_loss, after_step = self.output_dir, self._step_loss, self._after_step
-        report = fit(acc, cfg, out, trained, groups, step_loss, "dreambooth", on_prepared, after_step=after_step)
+        hooks = Hooks("dreambooth", on_prepared, after_step=self._after_step)
+        report = fit(acc, cfg, self.output_dir, trained, groups, self._step_loss, hooks)
         if acc.is_main_process:
             self._save_output()
         result = TrainResult(
             **report,
-            class_images=class_report,
-            captioned_images=instances.captioned,
+            class_images=self.data.class_report,
+            captioned_images=self.data.captioned,
             validation_seconds=self.validation_seconds,
             validation_grids=[str(p) for p in self.validation_grids],
         )
@@ -348,58 +261,10 @@ class Trainer:
             result.hub_url = push_folder(self.output_dir, cfg.hub_model_id, cfg.hub_token, private=not cfg.hub_public)
 
     def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of one micro-batch; every random draw comes from (seed, step, micro, rank)."""
+        """``step.dreambooth_step`` on the prepared models, with the generator of (seed, step, micro, rank)."""
         cfg, acc = self.config, self.accelerator
         gen = step_generator(cfg.seed, step, micro, acc.process_index)
-        n = cfg.train_batch_size
-        idx = torch.randint(0, len(self.instance_images), (n,), generator=gen)
-        latents = self._batch_latents(gen, idx)
-        cond = self._batch_condition(idx)
-        noise = offset_noise(latents.shape, 0.1 if cfg.offset_noise else 0.0, gen)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
-        latents, noise, timesteps = (t.to(acc.device) for t in (latents, noise, timesteps))
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        with acc.autocast():
-            pred = self.unet(noisy, timesteps, cond.to(acc.device)).sample
-        target = denoising_target(self.noise_scheduler, latents, noise, timesteps)
-        loss, instance, prior = dreambooth_loss(
-            pred, target, timesteps, self.noise_scheduler, n, cfg.prior_loss_weight, cfg.snr_gamma
-        )
-        return loss, {"instance_loss": instance, "prior_loss": prior}
-
-    def _batch_latents(self, gen: torch.Generator, idx: torch.Tensor) -> torch.Tensor:
-        """Latents of the photos ``idx``, then (with prior preservation) as many random class images."""
-        cls_idx = torch.randint(0, max(1, len(self.class_images_list)), (len(idx),), generator=gen)
-        if self.cached:
-            parts = [self.instance_latents[idx.to(self.instance_latents.device)]]
-            if self.class_latents is not None:
-                parts.append(self.class_latents[cls_idx.to(self.class_latents.device)])
-            return torch.cat(parts).cpu()
-        rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=gen)))
-        images = [self.instance_images[i] for i in idx] + [
-            self.class_images_list[i] for i in cls_idx if self.class_images_list
-        ]
-        x = torch.stack(
-            [preprocess(im, self.resolution, self.config.center_crop, rng, self.config.random_flip) for im in images]
-        )
-        with torch.no_grad():
-            z = self.vae.encode(x.to(self.accelerator.device, dtype=self.weight_dtype)).latent_dist.sample(
-                generator=gen
-            )
-        return (z.float() * self.vae.config.scaling_factor).cpu()
-
-    def _batch_condition(self, idx: torch.Tensor) -> torch.Tensor:
-        """The prompts of the photos ``idx`` (each its caption or the instance prompt), then the class prompt's."""
-        n = len(idx)
-        if self.config.train_text_encoder:
-            ids = [self.instance_ids[idx.to(self.instance_ids.device)]]
-            if self.class_ids is not None:
-                ids.append(self.class_ids.expand(n, -1))
-            return self.text_encoder(torch.cat(ids))[0]
-        parts = [self.instance_emb[idx.to(self.instance_emb.device)]]
-        if self.class_emb is not None:
-            parts.append(self.class_emb.expand(n, -1, -1))
-        return torch.cat(parts)
+        return dreambooth_step(self.models, self.data, self.noise_scheduler, cfg, gen, acc.autocast())
 
     def _lora_base(self) -> str:
         """The base model to note next to saved adapters."""

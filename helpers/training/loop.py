@@ -38,7 +38,7 @@ from helpers.core.atomic import write_text_atomic
 from helpers.core.errors import UsageError
 from helpers.training import trackers
 from helpers.training.optim import make_optimizer, optimizer_state_bytes
-from helpers.training.settings import TrainerResult, TrainerSettings, public_settings
+from helpers.training.settings import LoopSettings, TrainerResult, TrainerSettings, public_settings
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 HISTORY = "loss_history.json"
@@ -53,31 +53,13 @@ class TrainingDiverged(UsageError):
 
 
 @dataclass
-class LoopSettings:
-    """How to run the loop; the names are the flags of diffusers' training scripts."""
+class Hooks:
+    """What a trainer adds to the shared loop, each at one moment of a run."""
 
-    max_train_steps: int
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
-    logging_steps: int = 10
-    progress: bool = True
-    desc: str = "training"
-
-    @classmethod
-    def of(cls, settings: TrainerSettings, desc: str) -> "LoopSettings":
-        """The loop settings of a trainer's settings."""
-        return cls(
-            settings.max_train_steps,
-            settings.gradient_accumulation_steps,
-            settings.max_grad_norm,
-            settings.checkpointing_steps,
-            settings.checkpoints_total_limit,
-            settings.logging_steps,
-            settings.progress,
-            desc,
-        )
+    name: str = "training"  # the progress bar's label, and the trackers' project
+    on_prepared: Callable[[list[torch.nn.Module]], None] | None = None  # gets the prepared models, first of all
+    before_loop: Callable[[int], None] | None = None  # gets the step it starts from, just before the first
+    after_step: Callable[[int], None] | None = None  # gets the steps done, after each optimizer step
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -348,16 +330,16 @@ def run_loop(
     step_loss: StepLoss,
     settings: LoopSettings,
     start_step: int = 0,
-    after_step: Callable[[int], None] | None = None,
+    hooks: Hooks | None = None,
 ) -> tuple[list[dict], float]:
     """Train from ``start_step`` to ``settings.max_train_steps``; returns the loss history and the seconds spent.
 
-    ``after_step(done)`` runs on every process after each optimizer step (validation, sampling);
+    ``hooks.after_step(done)`` runs on every process after each optimizer step (validation, sampling);
     a checkpoint is saved every ``checkpointing_steps``, the last step included (so that a run can be
     looked at and continued from there), and the history written beside it. A loss that is not finite
     raises ``TrainingDiverged`` where the losses are read, which is always before a checkpoint.
     """
-    acc, s = accelerator, settings
+    acc, s, hooks = accelerator, settings, hooks or Hooks()
     if start_step:
         check_within(output_dir / f"checkpoint-{start_step}", s.max_train_steps)
     last_good = start_step or None  # the newest checkpoint of this run: the one to go back to
@@ -369,7 +351,7 @@ def run_loop(
         range(start_step, s.max_train_steps),
         initial=start_step,
         total=s.max_train_steps,
-        desc=s.desc,
+        desc=hooks.name,
         disable=not (s.progress and acc.is_local_main_process),
     )
     pending: list[tuple[torch.Tensor, dict[str, torch.Tensor], float]] = []
@@ -406,8 +388,8 @@ def run_loop(
             interval = [h["loss"] for h in history[-len(pending) :]]
             bar.set_postfix({f"loss (mean of {len(interval)} steps)": f"{sum(interval) / len(interval):.4f}"})
             pending.clear()
-        if after_step is not None:
-            after_step(done)
+        if hooks.after_step is not None:
+            hooks.after_step(done)
         if checkpoint_now:
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -453,18 +435,15 @@ def fit(
     trained: Sequence[torch.nn.Module],
     groups: list[dict],
     step_loss: StepLoss,
-    desc: str,
-    on_prepared: Callable[[list[torch.nn.Module]], None],
-    before_loop: Callable[[int], None] | None = None,
-    after_step: Callable[[int], None] | None = None,
+    hooks: Hooks,
 ) -> dict:
     """The sequence both trainers run: optimizer and learning-rate schedule from the settings,
     ``accelerate.prepare``, resume, the loop, peak memory. Returns the fields of a ``TrainerResult``.
 
-    ``on_prepared(models)`` receives the prepared models, in the order of ``trained``, before anything
+    ``hooks.on_prepared(models)`` receives the prepared models, in the order of ``trained``, before anything
     else runs: ``step_loss`` must call those (under data parallel they are the wrappers that sync
     gradients), and a LoRA run installs its adapters-only checkpoint hooks there.
-    ``before_loop(start_step)`` runs just before the first step (ControlNet's step-0 validation).
+    ``hooks.before_loop(start_step)`` runs just before the first step (ControlNet's step-0 validation).
     With ``--scale_lr`` every group's learning rate is multiplied by the samples of one optimizer step.
     A resumed run trains at its own ``--learning_rate``, not the checkpoint's (``keep_learning_rates``).
 
@@ -482,18 +461,19 @@ def fit(
     )
     lr_scheduler = make_lr_scheduler(settings, optimizer, accelerator)
     *models, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
-    on_prepared(models)
+    if hooks.on_prepared is not None:
+        hooks.on_prepared(models)
     wanted = list(lr_scheduler.scheduler.base_lrs)  # this run's, before a checkpoint brings back its own
     start_step = resume(accelerator, output_dir, settings.resume_from_checkpoint, settings.max_train_steps)
     keep_learning_rates(optimizer, lr_scheduler, wanted)
-    trackers.start(accelerator, desc, public_settings(settings))
+    trackers.start(accelerator, hooks.name, public_settings(settings))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     cuda = accelerator.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    if before_loop is not None:
-        before_loop(start_step)
+    if hooks.before_loop is not None:
+        hooks.before_loop(start_step)
     for model in models:
         model.train()
     history, seconds = run_loop(
@@ -503,9 +483,9 @@ def fit(
         optimizer,
         lr_scheduler,
         step_loss,
-        LoopSettings.of(settings, desc),
+        settings,
         start_step,
-        after_step,
+        hooks,
     )
     ran = settings.max_train_steps - start_step
     return dict(

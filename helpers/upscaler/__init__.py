@@ -13,7 +13,7 @@ difference from that bicubic image (the detail), not the whole image, as SRDiff 
     python -m helpers.upscaler upscale  --model OUT --images DIR --output_dir UP
 
 The package re-exports its parts' public names (``from helpers import upscaler``, then
-``upscaler.fit``); ``python -m helpers.upscaler`` runs ``helpers.upscaler.cli``."""
+``upscaler.pretrain``); ``python -m helpers.upscaler`` runs ``helpers.upscaler.cli``."""
 
 from helpers.upscaler.model import (
     HIGH,
@@ -37,8 +37,8 @@ from helpers.upscaler.training import (
     FitResult,
     degrade,
     finetune,
-    fit,
     loss_on,
+    pretrain,
     world_images,
 )
 
@@ -61,7 +61,7 @@ __all__ = [
     "degrade",
     "loss_on",
     "FitResult",
-    "fit",
+    "pretrain",
     "FinetuneConfig",
     "finetune",
     "psnr",

@@ -27,7 +27,7 @@ from helpers.upscaler.model import (
     check_sizes,
     load_upscaler,
 )
-from helpers.upscaler.training import MAX_BLUR, MAX_NOISE, TOOL, FinetuneConfig, finetune, fit
+from helpers.upscaler.training import MAX_BLUR, MAX_NOISE, TOOL, FinetuneConfig, finetune, pretrain
 
 STAGES = "stages.json"
 UPSCALED = "helpers.upscaler upscale"  # its images: an `upscale` never replaces a model folder, nor the reverse
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "pretrain":
         torch.manual_seed(args.seed)
         pipe, stages = build_upscaler(), []
-        result = fit(
+        result = pretrain(
             pipe,
             args.max_train_steps,
             args.learning_rate,

@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from helpers.core.errors import UsageError
 from helpers.core.folders import claim_output
-from helpers.core.numbers import at_least, positive, seed_in_range
+from helpers.core.numbers import at_least
 from helpers.toy import world as toyworld
 from helpers.training.loop import (
-    LoopSettings,
+    Hooks,
     finish,
     make_accelerator,
     pretrained_checkpoints,
@@ -29,6 +29,7 @@ from helpers.training.loop import (
     run_loop,
     step_generator,
 )
+from helpers.training.settings import LoopSettings
 from helpers.upscaler.model import HIGH, RESIDUAL_SCALE, ToyUpscalePipeline, condition, downsample, to_tensor
 
 TOOL = "helpers.upscaler"  # what marks the folders of `pretrain` and `finetune` (helpers.core.folders)
@@ -125,7 +126,7 @@ def _optimizer(unet: UNet2DModel, learning_rate: float, steps: int):
     )
 
 
-def fit(
+def pretrain(
     pipe: ToyUpscalePipeline,
     steps: int,
     learning_rate: float,
@@ -140,8 +141,8 @@ def fit(
     keep steps cheap; the UNet is convolutional, so it upscales whole images after. Low-resolution
     inputs are `degrade`d by a random amount.
 
-    A plain loop, not the trainers' shared one: it runs once, to make the committed model, whose
-    card records the command; the fine-tune a learner runs is `finetune`."""
+    A plain loop, not the trainers' shared one: tooling that runs once, to make the shipped model
+    (``data/toy-upscaler``), whose card records the command; the fine-tune a learner runs is `finetune`."""
     gen = torch.Generator("cpu").manual_seed(seed)
     opt, sched = _optimizer(pipe.unet, learning_rate, steps)
     pipe.unet.train()
@@ -164,34 +165,26 @@ def fit(
 
 
 @dataclasses.dataclass(kw_only=True)
-class FinetuneConfig:
-    """The paper's step (b): fine-tune on the subject's own 128 px photos. The checkpoint flags are
-    the DreamBooth and ControlNet trainers' (diffusers' names)."""
+class FinetuneConfig(LoopSettings):
+    """The paper's step (b): fine-tune on the subject's own 128 px photos. The loop's settings are the
+    DreamBooth and ControlNet trainers' (diffusers' names), with this fine-tune's defaults."""
 
-    output_dir: str
     max_train_steps: int = 150
     learning_rate: float = 1e-3
     train_batch_size: int = 4
-    augment: float = 0.25  # conditioning augmentation, as a fraction of pretraining's (the paper keeps it low)
-    crop: int = 64
     checkpointing_steps: int = 50
     checkpoints_total_limit: int | None = 1
-    resume_from_checkpoint: str | None = None
-    seed: int = 0
-    progress: bool = True
+    logging_steps: int = 25
+    augment: float = 0.25  # conditioning augmentation, as a fraction of pretraining's (the paper keeps it low)
+    crop: int = 64
 
     def check(self) -> None:
         """Numbers that cannot work end in one line before any step: an infinite learning rate would
         train an upscaler of NaNs, a crop beyond the photo fails deep in torch."""
-        for name in ("max_train_steps", "train_batch_size"):
-            at_least(f"--{name}", getattr(self, name), 1)
-        positive("--learning_rate", self.learning_rate, "pass a positive learning rate such as 1e-3")
+        super().check()
         at_least("--augment", self.augment, 0, "pass 0 for no augmentation, or a fraction of pretraining's like 0.25")
         if not 8 <= self.crop <= HIGH or self.crop % 8:
             raise UsageError(f"crop must be a multiple of 8 from 8 to {HIGH} (got {self.crop}): pass e.g. 64")
-        at_least("--checkpointing_steps", self.checkpointing_steps, 0, "pass 0 for no checkpoints")
-        at_least("--checkpoints_total_limit", self.checkpoints_total_limit, 1, "pass 1 or more, or None for all")
-        seed_in_range("--seed", self.seed)
 
 
 def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: FinetuneConfig) -> FitResult:
@@ -211,7 +204,7 @@ def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: Finetu
     claim_output(config.output_dir, TOOL)  # its checkpoints go there: a folder of the learner's is refused
     high_all, low_all = to_tensor(images), to_tensor(downsample(images))
     output_dir = Path(config.output_dir)
-    acc = make_accelerator(output_dir, 1, "no")
+    acc = make_accelerator(output_dir, config.gradient_accumulation_steps, "no")
     opt, sched = _optimizer(pipe.unet, config.learning_rate, config.max_train_steps)
     unet, opt, sched = acc.prepare(pipe.unet, opt, sched)
     pretrained_checkpoints(acc, {"unet": acc.unwrap_model(unet)})
@@ -225,15 +218,7 @@ def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: Finetu
         return loss_on(pipe, high, cond, gen), {}
 
     unet.train()
-    settings = LoopSettings(
-        config.max_train_steps,
-        checkpointing_steps=config.checkpointing_steps,
-        checkpoints_total_limit=config.checkpoints_total_limit,
-        logging_steps=25,
-        progress=config.progress,
-        desc="upscaler",
-    )
-    history, seconds = run_loop(acc, output_dir, [unet], opt, sched, step_loss, settings, start_step)
+    history, seconds = run_loop(acc, output_dir, [unet], opt, sched, step_loss, config, start_step, Hooks("upscaler"))
     unet.eval()
     finish(acc)
     return FitResult([h["loss"] for h in history], seconds)

@@ -20,7 +20,13 @@ from helpers.control.controlnet import (
     sudden_convergence,
     zero_convolutions,
 )
-from helpers.control.trainer import ControlNetConfig, ControlNetTrainer, command_line, train_controlnet
+from helpers.control.trainer import (
+    SD15_FLAGS,
+    ControlNetConfig,
+    ControlNetTrainer,
+    command_line,
+    train_controlnet,
+)
 from helpers.core.cli import dataclass_parser
 from helpers.core.errors import UsageError
 from helpers.diffusion.profiles import TOY_CONTROLNET, load_pipeline
@@ -74,7 +80,7 @@ def sd_run(data_dir, sd_folders, tmp_path_factory):
     trainer = ControlNetTrainer(_sd_config(data_dir, out, sd_folders))
     dtypes = {name: getattr(trainer, name).dtype for name in ("vae", "text_encoder", "unet", "controlnet")}
     return SimpleNamespace(
-        out=out, dtypes=dtypes, result=trainer.train(), resolution=trainer.resolution, latents=trainer.latents
+        out=out, dtypes=dtypes, result=trainer.train(), resolution=trainer.resolution, latents=trainer.data.latents
     )
 
 
@@ -94,12 +100,12 @@ def test_only_the_controlnet_learns_and_it_saves_as_a_controlnet(data_dir, tmp_p
 
 def test_the_loss_is_the_frozen_unets_denoising_loss_with_residuals(data_dir, tmp_path):
     trainer = ControlNetTrainer(_config(data_dir, tmp_path))
-    trainer._prepare_data()
+    data = trainer.prepare()
     loss, _ = trainer._step_loss(0, 0)
     gen = torch.Generator().manual_seed(0)  # the trainer's generator for seed 0, step 0, micro-batch 0, rank 0
     idx = torch.randint(0, 12, (4,), generator=gen)
     torch.rand(4, generator=gen)
-    latents, emb, cond = trainer.latents[idx], trainer.embeddings[idx], trainer.conditions[idx]
+    latents, emb, cond = data.latents[idx], data.embeddings[idx], data.conditions[idx]
     noise = torch.randn(latents.shape, generator=gen)
     t = torch.randint(0, 1000, (4,), generator=gen)
     noisy = trainer.noise_scheduler.add_noise(latents, noise, t)
@@ -219,7 +225,7 @@ def test_an_sd_shaped_model_trains_at_its_native_resolution(data_dir, tmp_path, 
         )
     )
     result = trainer.train()
-    assert trainer.resolution == 64 and trainer.latents.shape[-2:] == (8, 8)  # an 8x VAE, where the toy's is 4x
+    assert trainer.resolution == 64 and trainer.data.latents.shape[-2:] == (8, 8)  # an 8x VAE, where the toy's is 4x
     assert [h["step"] for h in result.history] == [1, 2]
     assert load_controlnet(tmp_path).config.conditioning_embedding_out_channels == SD_EMBEDDING
 
@@ -313,7 +319,7 @@ def test_a_trained_sd_shaped_controlnet_draws_64_px_images_on_its_base(sd_run, s
 def test_the_notebooks_sd15_command_runs_on_an_sd_shaped_model(data_dir, tmp_path, sd_folders, run_tool):
     """Notebook 09's GPU command, word for word but for the model, the folders and the sizes (and bf16: a
     CPU has no fp16 training)."""
-    words = real_branch.controlnet_command()
+    words = list(SD15_FLAGS)
     shrunk = {
         "pretrained_model_name_or_path": str(sd_folders.fp32),
         "train_data_dir": str(data_dir),
@@ -328,7 +334,7 @@ def test_the_notebooks_sd15_command_runs_on_an_sd_shaped_model(data_dir, tmp_pat
     assert json.loads(done.stdout)["steps"] == 2
     parse = dataclass_parser(ControlNetConfig, "python -m helpers.controlnet", "").parse_args
     shown, ran = (
-        vars(parse(real_branch.controlnet_command())),
+        vars(parse(SD15_FLAGS)),
         json.loads((tmp_path / "cn" / "train_result.json").read_text()),
     )
     assert shown["mixed_precision"] == "fp16" and shown["resolution"] == 512 and shown["use_8bit_adam"]

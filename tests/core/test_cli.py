@@ -1,8 +1,11 @@
 """`generate` and `evaluate` as a learner runs them: good input works, bad input gets one line."""
 
 import json
+import shlex
 
 import pytest
+
+from helpers.core.cli import wrapped_command
 
 
 def _one_line_error(result, *fragments):
@@ -72,3 +75,11 @@ def test_evaluate_bad_input(tmp_path, run_tool):
     _one_line_error(
         run_tool("evaluate", "--images", str(tmp_path), "--prompt", "a photo of a zebra"), "names no toy class"
     )
+
+
+def test_a_wrapped_command_reads_back_as_the_same_words():
+    flags = ["--output_dir", "my outputs", "--use_8bit_adam", "--learning_rate", "1e-5"] * 4
+    text = wrapped_command("helpers.controlnet", flags, width=60)
+    assert all(len(line) <= 60 for line in text.splitlines()) and len(text.splitlines()) > 1
+    assert shlex.split(text.replace("\\\n", " ")) == ["python", "-m", "helpers.controlnet", *flags]
+    assert "--output_dir 'my outputs'" in text  # a flag and its value stay on one line

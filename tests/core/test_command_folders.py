@@ -162,7 +162,7 @@ def test_controlgpt_draw_replaces_its_own_folder(tmp_path, monkeypatch, capsys):
 
 @pytest.fixture
 def no_upscaling(monkeypatch):
-    _forbid(monkeypatch, upscaler_cli, "load_image_folder", "load_upscaler", "build_upscaler", "fit", "finetune")
+    _forbid(monkeypatch, upscaler_cli, "load_image_folder", "load_upscaler", "build_upscaler", "pretrain", "finetune")
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ A Colab learner runs the notebooks with ``PROFILE = "sd15"`` (the flow-matching 
 Here each notebook runs as it is committed, with one change (``tests/real_branch.py``): after its config
 cell, nbmake's ``post_cell_execute`` hook sets ``PROFILE`` to the real profile moved onto the CPU and the
 tiny SD 1.x-shaped fixture (`sd_shaped.cpu_profile`) or SD 3.5-shaped one (`sd3_shaped.cpu_profile`),
-and shrinks sizes (steps, image counts, resolution). So a missing variable, a wrong device or an fp16
-copy in a real-model branch fails here, not on a learner's T4. The executed copies are kept under
+and sets ``SIZES = "ci"``: the sizes CI runs (steps, image counts) are the "ci" column of the notebook's own
+SETTINGS table. So a missing variable, a wrong device or an fp16 copy in a real-model branch fails here, not
+on a learner's T4. The executed copies are kept under
 ``outputs/real-branch/`` to read.
 """
 
@@ -15,7 +16,7 @@ import real_branch
 EXECUTED = real_branch.ROOT / "outputs" / "real-branch"
 
 
-@pytest.mark.parametrize("name", list(real_branch.SIZES))
+@pytest.mark.parametrize("name", real_branch.NOTEBOOKS)
 def test_real_branch(name, request, tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path / "outputs"))  # the kernel's own: nothing shared, nothing stale
     module = real_branch.fixture_module(name)

@@ -9,6 +9,7 @@ import torch
 from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
 from helpers.dreambooth.instances import load_instances
+from helpers.dreambooth.step import Batch, condition
 from helpers.dreambooth.trainer import TrainConfig, Trainer
 
 SUBJECT = ROOT / "data" / "subjects" / "toy_dog"
@@ -65,6 +66,8 @@ def test_each_photo_trains_with_its_own_caption(photos, tmp_path, train_text_enc
     ids = trainer.tokenizer(["a photo of sks dog on the beach", PROMPT], padding="max_length", return_tensors="pt")
     with torch.no_grad():
         expected = trainer.text_encoder(ids.input_ids)[0]
-        got = trainer._batch_condition(torch.tensor([0, 1, 2]))
+        none = torch.zeros(0)
+        rows = Batch(torch.tensor([0, 1, 2]), torch.zeros(0, dtype=torch.long), none, none, none)
+        got = condition(trainer.data, trainer.text_encoder, rows)
     assert torch.allclose(got[0], expected[0], atol=1e-5) and torch.allclose(got[1], expected[1], atol=1e-5)
     assert torch.allclose(got[1], got[2]) and not torch.allclose(got[0], got[1])

@@ -12,7 +12,7 @@ from helpers.control.trainer import ControlNetConfig
 from helpers.core.errors import UsageError
 from helpers.dreambooth.trainer import TrainConfig
 from helpers.training.loop import (
-    LoopSettings,
+    Hooks,
     TrainingDiverged,
     checkpoints,
     fit,
@@ -21,7 +21,7 @@ from helpers.training.loop import (
     run_loop,
     step_generator,
 )
-from helpers.training.settings import TrainerSettings
+from helpers.training.settings import LoopSettings, TrainerSettings
 
 
 class Killed(Exception):
@@ -57,8 +57,7 @@ def _run(output_dir, steps=6, kill_at=None, blow_up_at=None, **settings):
         [model],
         [{"params": list(model.parameters()), "lr": cfg.learning_rate}],
         step_loss,
-        "test",
-        prepared.extend,
+        Hooks("test", prepared.extend),
     )
     return prepared[0], report
 
@@ -135,7 +134,8 @@ def test_the_loop_refuses_a_start_beyond_its_last_step_for_callers_that_resume_t
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0)
     acc = make_accelerator(tmp_path, 1, "no")
     with pytest.raises(UsageError, match="checkpoint-4 is beyond --max_train_steps 2"):
-        run_loop(acc, tmp_path, [model], optimizer, scheduler, None, LoopSettings(2, progress=False), start_step=4)
+        settings = LoopSettings(output_dir=str(tmp_path), max_train_steps=2, progress=False)
+        run_loop(acc, tmp_path, [model], optimizer, scheduler, None, settings, start_step=4)
 
 
 def test_a_truncated_optimizer_state_names_the_file_and_the_checkpoint_before_it(tmp_path):

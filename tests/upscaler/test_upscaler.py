@@ -71,7 +71,7 @@ def test_pretraining_is_seeded_and_changes_the_weights():
     def run():
         torch.manual_seed(0)
         pipe = up.build_upscaler()
-        up.fit(pipe, steps=2, learning_rate=1e-3, batch_size=2, crop=32, progress=False)
+        up.pretrain(pipe, steps=2, learning_rate=1e-3, batch_size=2, crop=32, progress=False)
         return pipe.unet.conv_in.weight.detach().clone()
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ def no_work(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("work began before the numbers were checked")
 
-    for name in ("build_upscaler", "load_upscaler", "fit", "finetune", "load_image_folder"):
+    for name in ("build_upscaler", "load_upscaler", "pretrain", "finetune", "load_image_folder"):
         monkeypatch.setattr(cli, name, fail)
 
 
