@@ -1,6 +1,7 @@
 """Language drift over several seeds: the same fine-tune with and without prior preservation, and the base model.
 
-    python benchmarks/language_drift.py --seeds 0 1 2 [--identifier sks] [--train_text_encoder] [--use_8bit_adam]
+    python benchmarks/language_drift.py --seeds 0 1 2 [--identifier sks] [--train_text_encoder [--text_encoder_lr 1e-3]]
+        [--use_8bit_adam]
 
 For each seed, two toy DreamBooth runs that differ only in --with_prior_preservation, with notebooks
 05's recipe on the toy (class images drawn unguided, the text encoder frozen, 32-bit AdamW), then subject fidelity,
@@ -51,6 +52,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--class_noun", default="dog")
     parser.add_argument("--train_text_encoder", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument(
+        "--text_encoder_lr", type=float, default=None, help="with --train_text_encoder (default: --learning_rate)"
+    )
+    parser.add_argument(
         "--use_8bit_adam", action=argparse.BooleanOptionalAction, default=False, help="as notebook 05 on a GPU"
     )
     return parser.parse_args()
@@ -71,6 +75,7 @@ def _finetune(args: argparse.Namespace, work: Path, seed: int, prior: bool, prom
             learning_rate=args.learning_rate,
             max_train_steps=args.steps,
             train_text_encoder=args.train_text_encoder,
+            text_encoder_lr=args.text_encoder_lr,
             use_8bit_adam=args.use_8bit_adam,
             checkpointing_steps=0,
             seed=seed,
