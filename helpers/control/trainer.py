@@ -39,6 +39,7 @@ from helpers.diffusion.latents import encode as encode_latents
 from helpers.diffusion.latents import preprocess, vae_scale_factor
 from helpers.diffusion.loading import check_float32, load_parts
 from helpers.diffusion.profiles import require_sd, resolve_model
+from helpers.diffusion.prompts import token_ids
 from helpers.training.loop import (
     Hooks,
     finish,
@@ -189,13 +190,7 @@ class ControlNetTrainer:
     def _embed(self, texts: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), 256):
-            ids = self.tokenizer(
-                texts[i : i + 256],
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
+            ids = token_ids(self.tokenizer, texts[i : i + 256])
             out.append(self.text_encoder(ids.to(self.accelerator.device))[0].float().cpu())
         return torch.cat(out)
 

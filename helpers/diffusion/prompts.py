@@ -19,6 +19,14 @@ def window(tokenizer) -> int | None:
     return None if length is None or length > 100_000 else length - SPECIAL_TOKENS
 
 
+def token_ids(tokenizer, prompts: list[str]):
+    """The prompts' token ids padded to the text encoder's window and cut at its end, as diffusers' training
+    scripts feed them: every row the same length, so that a batch of prompts is one tensor."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
 def token_count(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False).input_ids)
 

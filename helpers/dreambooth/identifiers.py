@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from helpers.diffusion.prompts import token_ids
+
 BYTE_SYMBOLS = 512  # 256 byte symbols, each also in its end-of-word form
 
 
@@ -86,9 +88,7 @@ def prior_shift(text_encoder, tokenizer, words: list[str], class_noun: str) -> l
     a text encoder trained on captions of many lengths tells them apart even when the word is empty
     of meaning."""
     prompts = [f"a photo of the {class_noun}"] + [f"a photo of {w} {class_noun}" for w in words]
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(text_encoder.device)
+    ids = token_ids(tokenizer, prompts).to(text_encoder.device)
     pooled = text_encoder(ids).pooler_output.float()
     return (1 - torch.nn.functional.cosine_similarity(pooled[1:], pooled[:1])).cpu().tolist()
 

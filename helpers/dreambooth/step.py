@@ -27,6 +27,7 @@ from helpers.diffusion.latents import encode as encode_latents
 from helpers.diffusion.latents import preprocess
 from helpers.diffusion.losses import dreambooth_loss
 from helpers.diffusion.noise import offset_noise
+from helpers.diffusion.prompts import token_ids
 from helpers.dreambooth.config import TrainConfig
 from helpers.dreambooth.instances import Instances
 from helpers.training.loop import denoising_target
@@ -83,13 +84,6 @@ class Batch:
     @property
     def num_instance(self) -> int:
         return len(self.instance_index)
-
-
-def token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
-    """The prompts' token ids, padded to the text encoder's window, as diffusers' DreamBooth script feeds them."""
-    return tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
 
 
 def prepare_data(

@@ -48,6 +48,7 @@ from helpers.core.numbers import at_least, between, finite, fraction, positive, 
 from helpers.core.paths import DATA
 from helpers.core.runtime import configure_cpu
 from helpers.diffusion.losses import snr_weights
+from helpers.diffusion.prompts import token_ids
 from helpers.toy import judge as judge_mod
 from helpers.toy import model as toymodel
 from helpers.toy import tokenizer as toytokenizer
@@ -253,9 +254,7 @@ def train_unet(
             f"none of the {len(captions)} captions names a place, so there is no layout batch to draw: "
             "raise --dataset_size"
         )
-    ids = tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+    ids = token_ids(tokenizer, captions)
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     if init_from is None:
         text_encoder, unet = toymodel.text_encoder(tokenizer), toymodel.unet()
