@@ -19,3 +19,16 @@ BASE = dict(
 def toy_config(out, **kw) -> TrainConfig:
     """``BASE`` writing to ``out``, with ``kw`` on top."""
     return TrainConfig(**{**BASE, "output_dir": str(out), **kw})
+
+
+def prior_config(tmp, **kw) -> TrainConfig:
+    """``toy_config`` with prior preservation: 3 class images of "a photo of dog" drawn into ``tmp/class``,
+    batches of 2 photos and 2 class images, the output in ``tmp/out``."""
+    prior = dict(
+        with_prior_preservation=True,
+        class_prompt="a photo of dog",
+        class_data_dir=str(tmp / "class"),
+        num_class_images=3,
+        train_batch_size=2,
+    )
+    return toy_config(tmp / "out", **prior | kw)

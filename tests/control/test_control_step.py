@@ -5,17 +5,11 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from helpers.control import dataset as control_data
 from helpers.control.controlnet import build_controlnet, load_controlnet
 from helpers.control.step import controlnet_step, draw_batch, residuals, unet_with_residuals
 from helpers.control.trainer import ControlNetConfig, ControlNetTrainer
 from helpers.diffusion.profiles import TOY_CONTROLNET, TOY_MODEL
 from helpers.training.loop import denoising_target, step_generator
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return control_data.write_dataset(tmp_path_factory.mktemp("control") / "data", count=8, progress=False)
 
 
 def _trainer(data_dir, out, **kw) -> ControlNetTrainer:

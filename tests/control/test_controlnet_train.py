@@ -47,11 +47,6 @@ SD_RUN = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return control_data.write_dataset(tmp_path_factory.mktemp("control") / "data", count=12, progress=False)
-
-
 def _config(data_dir, out, **kw) -> ControlNetConfig:
     base = dict(
         train_data_dir=str(data_dir),

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from toy_dreambooth import toy_config
+from toy_dreambooth import prior_config, toy_config
 
 from helpers.diffusion.losses import snr_weights
 from helpers.dreambooth.step import condition, draw_batch, dreambooth_step
@@ -11,17 +11,7 @@ from helpers.training.loop import denoising_target, step_generator
 
 
 def _prior(tmp_path, **kw):
-    return toy_config(
-        tmp_path / "out",
-        with_prior_preservation=True,
-        class_prompt="a photo of dog",
-        class_data_dir=str(tmp_path / "class"),
-        num_class_images=3,
-        train_batch_size=2,
-        logging_steps=1,
-        max_train_steps=2,
-        **kw,
-    )
+    return prior_config(tmp_path, logging_steps=1, max_train_steps=2, **kw)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file
-from toy_dreambooth import BASE, SUBJECT, toy_config
+from toy_dreambooth import BASE, SUBJECT, prior_config, toy_config
 
 from helpers.core.errors import UsageError
 from helpers.core.paths import ROOT
@@ -44,20 +44,7 @@ def test_output_is_a_pipeline_and_the_loss_is_logged(tmp_path):
 
 
 def test_prior_preservation_with_snr_gamma_and_8bit_adam(tmp_path):
-    result = train(
-        _config(
-            tmp_path / "out",
-            with_prior_preservation=True,
-            class_prompt="a photo of dog",
-            class_data_dir=str(tmp_path / "class"),
-            num_class_images=3,
-            train_batch_size=2,
-            snr_gamma=5.0,
-            use_8bit_adam=True,
-            max_train_steps=3,
-            logging_steps=1,
-        )
-    )
+    result = train(prior_config(tmp_path, snr_gamma=5.0, use_8bit_adam=True, max_train_steps=3, logging_steps=1))
     assert len(list((tmp_path / "class").glob("*.png"))) == 3
     assert all(h["prior_loss"] > 0 and h["instance_loss"] > 0 for h in result.history)
     assert result.class_images["reused"] is False
