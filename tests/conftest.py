@@ -128,3 +128,11 @@ def sd3_folders(tmp_path_factory):
     import sd3_shaped
 
     return sd3_shaped.build(tmp_path_factory.mktemp("sd3-shaped"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A toy ControlNet conditioning dataset of 12 rows, written once per test module."""
+    from helpers.control import dataset as control_data
+
+    return control_data.write_dataset(tmp_path_factory.mktemp("control") / "data", count=12, progress=False)
