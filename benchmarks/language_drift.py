@@ -1,7 +1,7 @@
 """Language drift over several seeds: the same fine-tune with and without prior preservation, and the base model.
 
     python benchmarks/language_drift.py --seeds 0 1 2 [--identifier sks] [--train_text_encoder [--text_encoder_lr 1e-3]]
-        [--use_8bit_adam]
+        [--prior_loss_weight 1.0] [--use_8bit_adam]
 
 For each seed, two toy DreamBooth runs that differ only in --with_prior_preservation, with notebooks
 05's recipe on the toy (class images drawn unguided, the text encoder frozen, 32-bit AdamW), then subject fidelity,
@@ -44,6 +44,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--num_class_images", type=int, default=200)
+    parser.add_argument("--prior_loss_weight", type=float, default=1.0)
     parser.add_argument(
         "--class_guidance_scale", type=float, default=1.0, help="the course's toy recipe draws class images unguided"
     )
@@ -70,6 +71,7 @@ def _finetune(args: argparse.Namespace, work: Path, seed: int, prior: bool, prom
             with_prior_preservation=prior,
             class_data_dir=str(work / f"class-{seed}"),
             num_class_images=args.num_class_images,
+            prior_loss_weight=args.prior_loss_weight,
             class_guidance_scale=args.class_guidance_scale,
             train_batch_size=2,
             learning_rate=args.learning_rate,
@@ -141,7 +143,8 @@ def main() -> None:
         print(f"{label:28s}{cells}")
     print(
         f"seeds {args.seeds}, identifier {args.identifier!r}, {args.steps} steps, lr {args.learning_rate}, "
-        f"{args.num_class_images} class images at guidance {args.class_guidance_scale}, text encoder "
+        f"{args.num_class_images} class images at guidance {args.class_guidance_scale}, prior loss weight "
+        f"{args.prior_loss_weight}, text encoder "
         f"{'trained' if args.train_text_encoder else 'frozen'}, {'8' if args.use_8bit_adam else '32'}-bit AdamW, "
         f"{args.num_samples} samples per prompt"
     )

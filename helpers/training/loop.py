@@ -458,6 +458,7 @@ def fit(
         settings.use_8bit_adam,
         settings.allow_adamw_fallback,
         weight_decay=settings.adam_weight_decay,
+        device=accelerator.device,
     )
     lr_scheduler = make_lr_scheduler(settings, optimizer, accelerator)
     *models, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)

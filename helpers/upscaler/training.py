@@ -29,6 +29,7 @@ from helpers.training.loop import (
     run_loop,
     step_generator,
 )
+from helpers.training.optim import torch_adamw
 from helpers.training.settings import LoopSettings
 from helpers.upscaler.model import HIGH, RESIDUAL_SCALE, ToyUpscalePipeline, condition, downsample, to_tensor
 
@@ -117,9 +118,9 @@ class FitResult:
     seconds: float
 
 
-def _optimizer(unet: UNet2DModel, learning_rate: float, steps: int):
+def _optimizer(unet: UNet2DModel, learning_rate: float, steps: int, device: torch.device):
     """AdamW with a linear warm-up, then a cosine down to a tenth: pretraining's and fine-tuning's."""
-    opt = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
+    opt = torch_adamw(unet.parameters(), device, lr=learning_rate, weight_decay=1e-2)
     warmup = max(1, steps // 20)
     return opt, torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
@@ -144,7 +145,7 @@ def pretrain(
     A plain loop, not the trainers' shared one: tooling that runs once, to make the shipped model
     (``data/toy-upscaler``), whose card records the command; the fine-tune a learner runs is `finetune`."""
     gen = torch.Generator("cpu").manual_seed(seed)
-    opt, sched = _optimizer(pipe.unet, learning_rate, steps)
+    opt, sched = _optimizer(pipe.unet, learning_rate, steps, pipe.unet.device)
     pipe.unet.train()
     losses, start = [], time.time()
     for step in (bar := tqdm(range(steps), desc="upscaler", disable=not progress)):
@@ -205,7 +206,7 @@ def finetune(pipe: ToyUpscalePipeline, images: list[Image.Image], config: Finetu
     high_all, low_all = to_tensor(images), to_tensor(downsample(images))
     output_dir = Path(config.output_dir)
     acc = make_accelerator(output_dir, config.gradient_accumulation_steps, "no")
-    opt, sched = _optimizer(pipe.unet, config.learning_rate, config.max_train_steps)
+    opt, sched = _optimizer(pipe.unet, config.learning_rate, config.max_train_steps, acc.device)
     unet, opt, sched = acc.prepare(pipe.unet, opt, sched)
     pretrained_checkpoints(acc, {"unet": acc.unwrap_model(unet)})
     start_step = resume(acc, output_dir, config.resume_from_checkpoint)

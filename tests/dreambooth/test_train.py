@@ -63,6 +63,24 @@ def test_8bit_state_is_much_smaller_than_32bit():
     assert sizes[True] < sizes[False] / 3.5
 
 
+def test_32bit_adamw_is_fused_on_a_cpu_and_updates_as_the_default_does():
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert make_optimizer([p], 1e-2, device="cpu").defaults["fused"] is True
+    assert make_optimizer([p], 1e-2, device="cuda").defaults["fused"] is None  # a GPU keeps torch's default
+    torch.manual_seed(0)
+    start, grads = torch.randn(64, 32), [torch.randn(64, 32) for _ in range(3)]
+    weights = []
+    for make in (lambda q: make_optimizer(q, 1e-2), lambda q: torch.optim.AdamW(q, 1e-2, foreach=True)):
+        p = torch.nn.Parameter(start.clone())
+        opt = make([p])
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        weights.append(p.detach())
+    assert not torch.equal(weights[0], start)
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-6)
+
+
 def test_bitsandbytes_that_cannot_load(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     p = torch.nn.Parameter(torch.zeros(4))
