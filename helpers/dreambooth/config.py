@@ -56,7 +56,9 @@ class TrainConfig(TrainerSettings):
     )
     num_validation_images: int = 4
     validation_steps: int = flag(100, "how often the --validation_prompt samples are drawn")
-    sample_batch_size: int = 8
+    sample_batch_size: int | None = flag(
+        None, "class images drawn at once (default: 8 at SD 1.x's 512 px, up to 32 for smaller models)"
+    )
     output_kohya_format: bool = flag(
         False, "with --lora_rank, also write the LoRA in kohya's format for A1111/ComfyUI (helpers.export_lora)"
     )

@@ -159,7 +159,7 @@ def check_class_folder(class_dir: str | Path, instance_dir: str | Path) -> None:
 
 
 def class_images(
-    folder: str | Path, settings: PriorSettings, pipe_factory, batch_size: int = 8, progress: bool = True
+    folder: str | Path, settings: PriorSettings, pipe_factory, batch_size: int | None = None, progress: bool = True
 ) -> tuple[list[Path], dict]:
     """``settings.count`` class images: the learner's own images in ``folder`` first, then images drawn by the
     frozen model to make up the count, cached with a manifest that lists only those.
@@ -193,7 +193,7 @@ def _draw(
     listed: list[str],
     kept: list[str],
     needed: int,
-    batch_size: int,
+    batch_size: int | None,
     progress: bool,
 ) -> list[str]:
     """Draw the images ``kept`` lacks of the first ``needed`` (image i from seed + i), after deleting the drawn

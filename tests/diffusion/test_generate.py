@@ -20,6 +20,7 @@ class FakePipe:
 
     device = torch.device("cpu")
     scheduler = DDIMScheduler()
+    unet, vae_scale_factor = SimpleNamespace(config=SimpleNamespace(sample_size=64)), 8  # shaped as SD 1.x's
 
     def __init__(self, stop: int | None = None) -> None:
         self.calls, self.stop, self.guidance = 0, stop, []
@@ -125,3 +126,20 @@ def test_generate_images_is_the_batches_one_after_the_other():
     assert [len(b) for b in batches] == [2, 2, 1]
     images = generate.generate_images(FakePipe(), "a dog", 5, seed=3, batch_size=2)
     assert [i.getpixel((0, 0))[0] for i in images] == [3, 4, 5, 6, 7]
+
+
+def _shaped(sample_size: int, scale: int, denoiser: str = "unet") -> SimpleNamespace:
+    return SimpleNamespace(
+        **{denoiser: SimpleNamespace(config=SimpleNamespace(sample_size=sample_size))}, vae_scale_factor=scale
+    )
+
+
+def test_the_default_batch_holds_as_many_images_as_fit_sd_1x_batch_of_8():
+    assert generate.default_batch_size(_shaped(64, 8)) == 8  # SD 1.x at 512 px: diffusers' examples' 8
+    assert generate.default_batch_size(_shaped(64, 8), resolution=1024) == 2
+    assert generate.default_batch_size(_shaped(64, 8), resolution=8000) == 1
+    assert generate.default_batch_size(_shaped(16, 4)) == generate.MAX_BATCH  # the toy's 16 x 16 latents
+    assert generate.default_batch_size(_shaped(16, 4, "transformer")) == generate.MAX_BATCH  # the toy flow model
+    pipe = FakePipe()
+    pipe.unet, pipe.vae_scale_factor = SimpleNamespace(config=SimpleNamespace(sample_size=32)), 8
+    assert [len(b) for b in generate.iter_batches(pipe, "a dog", 40)] == [32, 8]
