@@ -31,16 +31,19 @@ from helpers.diffusion.profiles import load_pipeline, profile_for_model
 TOOL = "helpers.generate"  # what marks the output folders this command makes (helpers.core.folders)
 MANIFEST = "generation.json"
 # A batch holds as many images as fit this many latent pixels: 8 at SD 1.x's 512 px (64 x 64 latents), as
-# diffusers' examples draw, and the most below that cap on the toy's 16 x 16, where a CPU draws an image at
-# guidance 4 in three quarters of the time it takes in batches of 8 (benchmarks/generation_batch.py).
+# diffusers' examples draw; on the toy's 16 x 16 latents the cap, 32, where a CPU draws an image at guidance 4
+# in three quarters of the time that batches of 8 take (benchmarks/generation_batch.py).
 LATENT_PIXELS_PER_BATCH = 8 * 64 * 64
 MAX_BATCH = 32
+UNKNOWN_BATCH = 8  # a pipeline with no UNet or transformer whose latent size it could read
 IMAGE_NAME = re.compile(r"\d{5}\.png")  # the names generate gives its images: 00000.png, 00001.png, ...
 
 
 def default_batch_size(pipe, resolution: int | None = None) -> int:
     """How many images to draw at once: as many as fit ``LATENT_PIXELS_PER_BATCH``, at most ``MAX_BATCH``."""
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if denoiser is None:
+        return UNKNOWN_BATCH
     side = resolution // pipe.vae_scale_factor if resolution else denoiser.config.sample_size
     return max(1, min(MAX_BATCH, LATENT_PIXELS_PER_BATCH // (side * side)))
 

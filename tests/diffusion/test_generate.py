@@ -140,6 +140,7 @@ def test_the_default_batch_holds_as_many_images_as_fit_sd_1x_batch_of_8():
     assert generate.default_batch_size(_shaped(64, 8), resolution=8000) == 1
     assert generate.default_batch_size(_shaped(16, 4)) == generate.MAX_BATCH  # the toy's 16 x 16 latents
     assert generate.default_batch_size(_shaped(16, 4, "transformer")) == generate.MAX_BATCH  # the toy flow model
+    assert generate.default_batch_size(SimpleNamespace()) == generate.UNKNOWN_BATCH  # no latent size to read
     pipe = FakePipe()
     pipe.unet, pipe.vae_scale_factor = SimpleNamespace(config=SimpleNamespace(sample_size=32)), 8
     assert [len(b) for b in generate.iter_batches(pipe, "a dog", 40)] == [32, 8]
