@@ -20,7 +20,6 @@ class FakePipe:
 
     device = torch.device("cpu")
     scheduler = DDIMScheduler()
-    unet, vae_scale_factor = SimpleNamespace(config=SimpleNamespace(sample_size=64)), 8  # shaped as SD 1.x's
 
     def __init__(self, stop: int | None = None) -> None:
         self.calls, self.stop, self.guidance = 0, stop, []
