@@ -1,9 +1,9 @@
 """Pretrain the toy flow-matching transformer (``helpers.toy.flow_model``) on the toy world.
 
 The objective is the one diffusers' ``examples/dreambooth/train_dreambooth_lora_sd3.py`` trains SD3 with
-(``--precondition_outputs 0``): draw u by ``compute_density_for_timestep_sampling`` (logit-normal by
-default), take the scheduler's timestep and sigma at index ``u * 1000``, put the latent on the straight
-line ``x_t = (1 - sigma) x_0 + sigma eps`` and regress the transformer's output on the velocity
+(``--precondition_outputs 0``), in ``helpers.diffusion.flow``: draw u by ``compute_density_for_timestep_sampling``
+(logit-normal by default), take the scheduler's timestep and sigma at index ``u * 1000``, put the latent on
+the straight line ``x_t = (1 - sigma) x_0 + sigma eps`` and regress the transformer's output on the velocity
 ``eps - x_0``, weighted by ``compute_loss_weighting_for_sd3`` (1 for logit-normal). Only the transformer
 learns: the text encoders are the toy SD's, frozen, and each distinct caption is encoded once.
 
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from helpers.core.errors import UsageError
 from helpers.core.folders import claim_output
+from helpers.diffusion.flow import FlowObjective, on_path, prediction_and_target, sample_losses, schedule_at
 from helpers.toy import flow_model
 from helpers.toy.pretrain_common import (
     LAYOUT_FROM_TIMESTEP,
@@ -45,52 +46,6 @@ LAYOUT_SHARE = 1 - LAYOUT_FROM_TIMESTEP / 1000  # a layout sample's u: the noisi
 ENCODE_CHUNK = 256  # captions per text-encoder call when the captions are cached
 
 
-@dataclass(frozen=True)
-class FlowObjective:
-    """How timesteps are drawn and the loss weighted: the SD3 script's flags of the same names."""
-
-    weighting_scheme: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    mode_scale: float = 1.29
-
-    def draw_u(self, batch_size: int, n_layout: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """u in [0, 1) for each sample (0 is pure noise: the scheduler's timesteps run from the noisiest);
-        the last ``n_layout`` are a layout batch's, uniform over the noisiest fifth
-        (``pretrain_common.draw_batch``)."""
-        u = compute_density_for_timestep_sampling(
-            self.weighting_scheme, batch_size, self.logit_mean, self.logit_std, self.mode_scale, generator=generator
-        )
-        if n_layout:
-            u[batch_size - n_layout :] = LAYOUT_SHARE * torch.rand(n_layout, generator=generator)
-        return u
-
-
-def schedule_at(noise_scheduler: FlowMatchEulerDiscreteScheduler, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training scheduler's timesteps and sigmas at index ``u * num_train_timesteps``, as the SD3
-    script takes them (its sigmas carry the shift); the scheduler must be fresh, not ``set_timesteps``'d."""
-    n = noise_scheduler.config.num_train_timesteps
-    indices = (u * n).long().clamp(max=n - 1)  # u = 1 exactly (the mode scheme can draw it) is the last step
-    return noise_scheduler.timesteps[indices], noise_scheduler.sigmas[indices]
-
-
-def flow_loss(
-    pred: torch.Tensor,
-    x0: torch.Tensor,
-    noise: torch.Tensor,
-    sigmas: torch.Tensor,
-    weighting_scheme: str,
-    weights: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The velocity MSE, ``mean((pred - (noise - x0))**2)`` with the SD3 script's weighting per sample;
-    ``weights`` (per latent pixel, ``pretrain_common.object_weights``) make each sample's mean a weighted mean."""
-    weighting = compute_loss_weighting_for_sd3(weighting_scheme, sigmas)[:, None, None, None]
-    if weights is None:
-        weights = torch.ones_like(x0[:, :1])
-    squared = weighting * (pred - (noise - x0)) ** 2
-    return ((squared * weights).mean(dim=(1, 2, 3)) / weights.mean(dim=(1, 2, 3))).mean()
-
-
 def step_loss(
     transformer: SD3Transformer2DModel,
     noise_scheduler: FlowMatchEulerDiscreteScheduler,
@@ -104,18 +59,22 @@ def step_loss(
 ) -> torch.Tensor:
     """One training step's loss on the scaled latents ``x0``. Draws u, then the noise, from ``generator``
     (the global generator when None), in that order, so that a notebook can redo the step by hand. The
-    transformer runs in its own dtype (a half-precision copy too); the loss is taken in ``x0``'s."""
-    u = objective.draw_u(len(x0), n_layout, generator)
+    transformer runs in its own dtype (a half-precision copy too); the loss is taken in float32."""
+    u = objective.draw_u(len(x0), generator)
+    if n_layout:  # a layout batch's last rows: uniform over the noisiest fifth (pretrain_common.draw_batch)
+        u[len(x0) - n_layout :] = LAYOUT_SHARE * torch.rand(n_layout, generator=generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     timesteps, sigmas = schedule_at(noise_scheduler, u)
-    noisy = (1 - sigmas[:, None, None, None]) * x0 + sigmas[:, None, None, None] * noise
+    noisy = on_path(x0, noise, sigmas)
     pred = transformer(
         hidden_states=noisy.to(transformer.dtype),
         timestep=timesteps,
         encoder_hidden_states=prompt_embeds,
         pooled_projections=pooled,
     ).sample.to(x0.dtype)
-    return flow_loss(pred, x0, noise, sigmas, objective.weighting_scheme, weights)
+    return sample_losses(
+        *prediction_and_target(pred, noisy, x0, noise, sigmas), sigmas, objective.weighting_scheme, weights
+    ).mean()
 
 
 @dataclass

@@ -47,6 +47,7 @@ from helpers.core.folders import building, check_output, claim_output, remove_ou
 from helpers.core.numbers import at_least, between, finite, fraction, positive, seed_in_range
 from helpers.core.paths import DATA
 from helpers.core.runtime import configure_cpu
+from helpers.diffusion.flow import FlowObjective
 from helpers.diffusion.losses import snr_weights
 from helpers.diffusion.prompts import token_ids
 from helpers.toy import judge as judge_mod
@@ -54,7 +55,7 @@ from helpers.toy import model as toymodel
 from helpers.toy import tokenizer as toytokenizer
 from helpers.toy import world as toyworld
 from helpers.toy.flow_model import parameter_count
-from helpers.toy.flow_pretrain import FlowObjective, flow_stage_dir, train_flow
+from helpers.toy.flow_pretrain import flow_stage_dir, train_flow
 from helpers.toy.pretrain_common import (
     LAYOUT_FROM_TIMESTEP,
     SAVE_EVERY_SECONDS,

@@ -1,0 +1,145 @@
+"""DreamBooth's training step on a flow-matching transformer (the SD3 family), as functions a notebook runs by hand.
+
+The same three parts as the UNet's step (``helpers.dreambooth.step``), with flow matching in place of DDPM:
+
+1. ``draw_flow_batch``: which photos, as many class images, their u (``--weighting_scheme``), the noise,
+   and the timesteps and sigmas at u, all from one generator;
+2. the prompts' encodings, computed once by ``prepare_flow_data`` with the pipeline's own ``encode_prompt``
+   (the CLIP encoders' hidden states and pooled outputs, and T5's tokens where the model has T5);
+3. ``flow_dreambooth_step``: the latents on the straight path, the transformer's output, and the two
+   halves of the loss as diffusers' ``train_dreambooth_lora_sd3.py`` takes them (``helpers.diffusion.flow``):
+   instance + ``prior_loss_weight`` x prior, each the mean of its rows' weighted squared errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from helpers.diffusion.flow import FlowObjective, on_path, prediction_and_target, sample_losses, schedule_at
+from helpers.diffusion.latents import encode as encode_latents
+
+
+@dataclass
+class FlowDreamBoothData:
+    """What a run computes once: the photos' and class images' latents (scaled and shifted as SD3's
+    pipeline reads them) and the prompts' encodings (a row per photo; one row for the class prompt)."""
+
+    instance_latents: torch.Tensor
+    instance_embeds: torch.Tensor
+    instance_pooled: torch.Tensor
+    class_latents: torch.Tensor | None = None
+    class_embeds: torch.Tensor | None = None
+    class_pooled: torch.Tensor | None = None
+
+
+@dataclass
+class FlowBatch:
+    """One step's draw: the photos' rows first, then as many class rows (none without prior preservation)."""
+
+    instance_index: torch.Tensor
+    class_index: torch.Tensor
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+
+    @property
+    def num_instance(self) -> int:
+        return len(self.instance_index)
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen text encoders' output for each prompt, exactly what the pipeline feeds the transformer
+    when it samples with ``max_sequence_length`` T5 tokens (the toy has no T5 and samples with none)."""
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length
+    )
+    return embeds, pooled
+
+
+def prepare_flow_data(
+    pipe,
+    instance_images: list[Image.Image],
+    instance_prompts: list[str],
+    class_images: list[Image.Image],
+    class_prompt: str | None,
+    resolution: int,
+    max_sequence_length: int,
+) -> FlowDreamBoothData:
+    """The photos and class images through the VAE once, the prompts through the text encoders once."""
+    embeds, pooled = encode_prompts(pipe, instance_prompts, max_sequence_length)
+    data = FlowDreamBoothData(encode_latents(pipe.vae, instance_images, resolution), embeds, pooled)
+    if class_images:
+        data.class_latents = encode_latents(pipe.vae, class_images, resolution)
+        data.class_embeds, data.class_pooled = encode_prompts(pipe, [class_prompt], max_sequence_length)
+    return data
+
+
+def draw_flow_batch(
+    data: FlowDreamBoothData,
+    noise_scheduler,
+    objective: FlowObjective,
+    batch_size: int,
+    generator: torch.Generator,
+) -> FlowBatch:
+    """``batch_size`` random photos, as many random class images, then u, the noise, and the timesteps and
+    sigmas at u, in that order from ``generator`` (on the CPU, so that a GPU and a CPU draw the same batch)."""
+    idx = torch.randint(0, len(data.instance_latents), (batch_size,), generator=generator)
+    classes = data.class_latents
+    cls_idx = torch.randint(0, len(classes), (batch_size,), generator=generator) if classes is not None else idx[:0]
+    parts = [data.instance_latents[idx.to(data.instance_latents.device)]]
+    if classes is not None:
+        parts.append(classes[cls_idx.to(classes.device)])
+    latents = torch.cat(parts).cpu()
+    u = objective.draw_u(len(latents), generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps, sigmas = schedule_at(noise_scheduler, u)
+    return FlowBatch(idx, cls_idx, latents, noise, timesteps, sigmas)
+
+
+def batch_condition(data: FlowDreamBoothData, batch: FlowBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encodings of the batch's prompts: each photo's own, then the class prompt's for every class row."""
+    rows = batch.instance_index.to(data.instance_embeds.device)
+    embeds, pooled = [data.instance_embeds[rows]], [data.instance_pooled[rows]]
+    if len(batch.class_index):
+        embeds.append(data.class_embeds.expand(len(batch.class_index), -1, -1))
+        pooled.append(data.class_pooled.expand(len(batch.class_index), -1))
+    return torch.cat(embeds), torch.cat(pooled)
+
+
+def flow_dreambooth_step(
+    transformer: torch.nn.Module,
+    data: FlowDreamBoothData,
+    noise_scheduler,
+    objective: FlowObjective,
+    batch_size: int,
+    generator: torch.Generator,
+    prior_loss_weight: float = 1.0,
+    precondition_outputs: bool = False,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one batch, and its two halves: ``(loss, {"instance_loss": ..., "prior_loss": ...})``.
+
+    ``autocast`` is the trainer's mixed precision, around the transformer's call only; the loss is float32."""
+    batch = draw_flow_batch(data, noise_scheduler, objective, batch_size, generator)
+    device = next(transformer.parameters()).device
+    x0, noise, sigmas = (t.to(device) for t in (batch.latents, batch.noise, batch.sigmas))
+    noisy = on_path(x0, noise, sigmas)
+    embeds, pooled = (t.to(device) for t in batch_condition(data, batch))
+    with autocast or contextlib.nullcontext():
+        output = transformer(
+            hidden_states=noisy,
+            timestep=batch.timesteps.to(device),
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+        ).sample
+    prediction, target = prediction_and_target(output.float(), noisy, x0, noise, sigmas, precondition_outputs)
+    losses = sample_losses(prediction, target, sigmas, objective.weighting_scheme)
+    instance = losses[: batch.num_instance].mean()
+    prior = losses[batch.num_instance :].mean() if len(batch.class_index) else torch.zeros((), device=device)
+    return instance + prior_loss_weight * prior, {"instance_loss": instance, "prior_loss": prior}
