@@ -21,6 +21,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
+WEIGHTING_SCHEMES = ("logit_normal", "mode", "sigma_sqrt", "cosmap")  # the SD3 script's --weighting_scheme choices
+
 
 @dataclass(frozen=True)
 class FlowObjective:

@@ -46,16 +46,25 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: li
     return sum(p.numel() for p in trainable)
 
 
+def _family(denoiser: torch.nn.Module) -> tuple[type, str]:
+    """The pipeline class whose LoRA format holds ``denoiser``'s adapters, and their key prefix."""
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline
+
+    if isinstance(denoiser, SD3Transformer2DModel):
+        return StableDiffusion3Pipeline, "transformer"
+    return StableDiffusionPipeline, "unet"
+
+
 def save_lora(
     folder: Path,
     base_model: str,
-    unet: torch.nn.Module,
+    denoiser: torch.nn.Module,
     text_encoder: torch.nn.Module | None,
     rank: int,
     alpha: float | None,
 ) -> None:
-    """The adapters in diffusers' LoRA format, with a note of the base model they were trained on."""
-    from diffusers import StableDiffusionPipeline
+    """The adapters in diffusers' LoRA format (the UNet's, or a flow-matching transformer's under
+    ``transformer.``), with a note of the base model they were trained on."""
     from diffusers.training_utils import _collate_lora_metadata
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -65,12 +74,13 @@ def save_lora(
             return None
         return convert_state_dict_to_diffusers(get_peft_model_state_dict(model, save_embedding_layers=False))
 
-    StableDiffusionPipeline.save_lora_weights(
+    pipeline, part = _family(denoiser)
+    pipeline.save_lora_weights(
         folder,
-        unet_lora_layers=layers(unet),
+        **{f"{part}_lora_layers": layers(denoiser)},
         text_encoder_lora_layers=layers(text_encoder),
         safe_serialization=True,
-        **_collate_lora_metadata({"unet": unet, "text_encoder": text_encoder}),  # alpha: else read back as rank
+        **_collate_lora_metadata({part: denoiser, "text_encoder": text_encoder}),  # alpha: else read back as rank
     )
     write_text_atomic(
         folder / BASE, json.dumps({"base_model": base_model, "rank": rank, "alpha": alpha or rank}, indent=2)
@@ -90,22 +100,23 @@ def _text_encoder_mismatch(state: dict, text_encoder: torch.nn.Module | None) ->
     )
 
 
-def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
+def load_adapters(folder: Path, denoiser: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
     """Copy the adapters saved in ``folder`` into models that already carry adapters of the same shape
     (in place, so an optimizer holding those parameters keeps working)."""
-    from diffusers import StableDiffusionPipeline
     from diffusers.training_utils import _set_state_dict_into_text_encoder
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
 
-    state, _ = StableDiffusionPipeline.lora_state_dict(str(folder))
-    unet_state = convert_unet_state_dict_to_peft(
-        {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    pipeline, part = _family(denoiser)
+    state = pipeline.lora_state_dict(str(folder))
+    state = state[0] if isinstance(state, tuple) else state  # SD 1.x's comes with its network alphas
+    own = convert_unet_state_dict_to_peft(
+        {k.removeprefix(f"{part}."): v for k, v in state.items() if k.startswith(f"{part}.")}
     )
     problem = _text_encoder_mismatch(state, text_encoder)
     if problem is None:
         try:
-            unexpected = set_peft_model_state_dict(unet, unet_state, adapter_name="default").unexpected_keys
+            unexpected = set_peft_model_state_dict(denoiser, own, adapter_name="default").unexpected_keys
             if text_encoder is not None:
                 _set_state_dict_into_text_encoder(state, prefix="text_encoder.", text_encoder=text_encoder)
             problem = f"{unexpected[0]} is unknown here" if unexpected else None
@@ -119,15 +130,15 @@ def load_adapters(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Mo
 
 
 def adapters_only_checkpoints(accelerator, base_model: str, rank: int, alpha: float | None) -> None:
-    """Make ``accelerator.save_state``/``load_state`` keep the adapters only, as diffusers'
+    """Make ``accelerate.save_state``/``load_state`` keep the adapters only, as diffusers'
     ``train_dreambooth_lora.py`` does: otherwise every checkpoint of a LoRA run holds the whole frozen
-    UNet (1.6 GiB of fp16 weights on SD 1.5) next to a few MB of what was actually trained."""
-    from diffusers import UNet2DConditionModel
+    UNet (1.6 GiB of fp16 weights on SD 1.5) or transformer next to a few MB of what was actually trained."""
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
     def split(models: list) -> tuple[torch.nn.Module, torch.nn.Module | None]:
         unwrapped = [accelerator.unwrap_model(m) for m in models]
-        unet = next(m for m in unwrapped if isinstance(m, UNet2DConditionModel))
-        return unet, next((m for m in unwrapped if m is not unet), None)
+        denoiser = next(m for m in unwrapped if isinstance(m, (UNet2DConditionModel, SD3Transformer2DModel)))
+        return denoiser, next((m for m in unwrapped if m is not denoiser), None)
 
     def save(models: list, weights: list, output_dir: str) -> None:
         save_lora(Path(output_dir), base_model, *split(models), rank, alpha)
@@ -172,9 +183,9 @@ def _target_shapes(folder: Path) -> dict[str, tuple[int, int]]:
 
 def check_fits(pipe, folder: Path) -> None:
     """Fail with one line if the adapters were trained on a base of another shape."""
-    modules = {
-        part: dict(model.named_modules()) for part, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))
-    }
+    parts = (("unet", getattr(pipe, "unet", None)), ("transformer", getattr(pipe, "transformer", None)))
+    parts += (("text_encoder", pipe.text_encoder),)
+    modules = {part: dict(model.named_modules()) for part, model in parts if model is not None}
     for name, (d_out, d_in) in _target_shapes(folder).items():
         part, _, path = name.partition(".")
         found_in = modules.get(part, {})

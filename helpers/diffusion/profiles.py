@@ -155,7 +155,9 @@ def profile_for_model(model: str) -> Profile:
 
 
 def model_family(path: str) -> str:
-    """ "sd3" for a StableDiffusion3Pipeline folder or an SD3 hub id, "sd" otherwise."""
+    """ "sd3" for a StableDiffusion3Pipeline folder, an SD3 hub id or the toy-flow profile's name, "sd" otherwise."""
+    if path in PROFILES:
+        return PROFILES[path].family
     index = Path(path).expanduser() / "model_index.json"
     if index.is_file():
         return "sd3" if json.loads(index.read_text()).get("_class_name") == "StableDiffusion3Pipeline" else "sd"

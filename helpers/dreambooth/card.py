@@ -17,13 +17,18 @@ from pathlib import Path
 
 from helpers.core.cli import settings_command
 from helpers.core.paths import ROOT
-from helpers.diffusion.profiles import TOY_MODEL
+from helpers.diffusion.profiles import PROFILES, TOY_FLOW_MODEL, TOY_MODEL, model_family
 from helpers.dreambooth.identifiers import identifier_words
 
 DATASET = ROOT / "data" / "dreambooth"
 CARD = "README.md"
 PATH_SETTINGS = ("resume_from_checkpoint",)  # path settings besides every *_dir, *_path and the base model
-LICENCES = {"toy": "apache-2.0", "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m"}
+LICENCES = {
+    "toy": "apache-2.0",
+    "toy-flow": "apache-2.0",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m",
+}
+TOY_FOLDERS = {"toy": "data/toy-sd", "toy-flow": "data/toy-flow"}  # where a learner's clone keeps each toy
 
 
 def photo_credit(instance_data_dir: str) -> str | None:
@@ -54,8 +59,9 @@ def shareable_path(value: str) -> str:
 def base_name(base: str) -> str:
     """How the card names the base model: ``toy`` for the embedded toy model however it was passed, a
     local folder by `shareable_path`, a hub id as it is."""
-    if base != "toy" and Path(base).expanduser().resolve() == TOY_MODEL.resolve():
-        return "toy"
+    for name, folder in (("toy", TOY_MODEL), ("toy-flow", TOY_FLOW_MODEL)):
+        if base != name and Path(base).expanduser().resolve() == folder.resolve():
+            return name
     return shareable_path(base)
 
 
@@ -98,12 +104,16 @@ def _body(config, result, samples: list[str]) -> str:
     base, lora = base_name(config.pretrained_model_name_or_path), config.lora_rank is not None
     identifier = " ".join(identifier_words(config.instance_prompt, config.class_prompt)) or config.instance_prompt
     kind = f"LoRA adapters (rank {config.lora_rank}, alpha {config.lora_alpha or config.lora_rank})" if lora else "A"
+    flow = model_family(config.pretrained_model_name_or_path) == "sd3"
+    pipeline = "StableDiffusion3Pipeline" if flow else "StableDiffusionPipeline"
+    no_t5 = ", text_encoder_3=None, tokenizer_3=None" if base == "toy-flow" else ""  # the toy was saved without T5
     load = (
-        f'pipe = StableDiffusionPipeline.from_pretrained("{"data/toy-sd" if base == "toy" else base}")\n'
+        f'pipe = {pipeline}.from_pretrained("{TOY_FOLDERS.get(base, base)}"{no_t5})\n'
         'pipe.load_lora_weights("path/to/this/folder")'
         if lora
-        else 'pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")'
+        else f'pipe = {pipeline}.from_pretrained("path/to/this/folder"{no_t5})'
     )
+    call = "".join(f", {k}={v}" for k, v in PROFILES[base].pipeline_kwargs.items()) if base in PROFILES else ""
     rows = [
         ("base model", f"`{base}`"),
         ("instance prompt", f"`{config.instance_prompt}`"),
@@ -130,10 +140,10 @@ def _body(config, result, samples: list[str]) -> str:
         "## Use it",
         "",
         "```python",
-        "from diffusers import StableDiffusionPipeline",
+        f"from diffusers import {pipeline}",
         "",
         load,
-        f'image = pipe("{config.instance_prompt}").images[0]',
+        f'image = pipe("{config.instance_prompt}"{call}).images[0]',
         "```",
         "",
         "## Training",

@@ -8,6 +8,10 @@
 (On the toy, ``--train_text_encoder`` lets "sks" move: its frozen text encoder barely tells "sks dog"
 from "dog"; notebook 04 measures it.)
 
+A flow-matching model (``--pretrained_model_name_or_path toy-flow``, or SD 3.5) is trained by the same command
+with the flags of diffusers' train_dreambooth_lora_sd3.py (``--weighting_scheme``, ``--precondition_outputs``,
+``--lora_layers``, ...; ``helpers.dreambooth.flow_trainer``).
+
 Runs unchanged under ``accelerate launch`` and ``torchrun --nproc_per_node N`` (data parallel).
 """
 

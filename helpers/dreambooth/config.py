@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from helpers.core.errors import UsageError
-from helpers.core.numbers import at_least, positive
+from helpers.core.numbers import at_least, finite, positive
+from helpers.diffusion.flow import WEIGHTING_SCHEMES
 from helpers.training.settings import TrainerSettings, flag
 
 
@@ -59,6 +60,30 @@ class TrainConfig(TrainerSettings):
     sample_batch_size: int | None = flag(
         None, "class images drawn at once (default: 8 at SD 1.x's 512 px, up to 32 for smaller models)"
     )
+    weighting_scheme: str | None = flag(
+        None,
+        "flow-matching models: how timesteps are drawn and the loss weighted, as diffusers' SD3 script: "
+        f"{', '.join(WEIGHTING_SCHEMES)} (default logit_normal)",
+    )
+    logit_mean: float | None = flag(None, "flow-matching models: the logit-normal's mean (default 0.0)")
+    logit_std: float | None = flag(None, "flow-matching models: the logit-normal's standard deviation (default 1.0)")
+    mode_scale: float | None = flag(None, "flow-matching models: the mode scheme's scale (default 1.29)")
+    precondition_outputs: int | None = flag(
+        None,
+        "flow-matching models: 1 (default, as diffusers' SD3 script) turns the output into a guess of the image, "
+        "x_t - sigma v, and regresses the image (the velocity loss times sigma squared); 0 regresses the velocity",
+    )
+    max_sequence_length: int | None = flag(
+        None, "flow-matching models: T5 tokens per prompt (default: the profile's; 0 on the toy, which has no T5)"
+    )
+    lora_layers: str | None = flag(
+        None,
+        "flow-matching models, with --lora_rank: the transformer's modules to adapt, comma-separated "
+        "(default: every attention projection of the joint blocks, as diffusers' SD3 script)",
+    )
+    lora_blocks: str | None = flag(
+        None, "flow-matching models, with --lora_rank: adapt only these transformer blocks, e.g. 0,1,2"
+    )
     output_kohya_format: bool = flag(
         False, "with --lora_rank, also write the LoRA in kohya's format for A1111/ComfyUI (helpers.export_lora)"
     )
@@ -95,3 +120,28 @@ class TrainConfig(TrainerSettings):
         positive("--text_encoder_lr", self.text_encoder_lr, "pass a positive number, or omit it for --learning_rate")
         positive("--lora_alpha", self.lora_alpha, "pass a positive number, or omit it for a scale of 1")
         positive("--snr_gamma", self.snr_gamma, "pass e.g. 5.0, the paper's choice, or leave it out for the plain loss")
+        self._check_flow()
+
+    def _check_flow(self) -> None:
+        if self.weighting_scheme is not None and self.weighting_scheme not in WEIGHTING_SCHEMES:
+            raise UsageError(
+                f"--weighting_scheme {self.weighting_scheme!r} is unknown: pass one of {', '.join(WEIGHTING_SCHEMES)}"
+            )
+        if self.precondition_outputs not in (None, 0, 1):
+            raise UsageError(f"--precondition_outputs must be 0 or 1 (got {self.precondition_outputs})")
+        finite("--logit_mean", self.logit_mean, "pass e.g. 0.0, the SD3 script's")
+        positive("--logit_std", self.logit_std, "pass a positive spread, e.g. 1.0")
+        finite("--mode_scale", self.mode_scale, "pass e.g. 1.29, the SD3 script's")
+        at_least("--max_sequence_length", self.max_sequence_length, 0, "pass 77 (the SD3 script's) or 256")
+        if (self.lora_layers or self.lora_blocks) and self.lora_rank is None:
+            raise UsageError("--lora_layers and --lora_blocks choose where LoRA goes: they need --lora_rank")
+        if self.lora_blocks and not all(b.strip().isdigit() for b in self.lora_blocks.split(",")):
+            raise UsageError(
+                f"--lora_blocks is a comma-separated list of block numbers, e.g. 0,1,2 (got {self.lora_blocks!r})"
+            )
+
+    def flow_flags(self) -> list[str]:
+        """The flow-matching flags this run sets: a run on SD 1.x refuses them."""
+        names = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "precondition_outputs")
+        names += ("max_sequence_length", "lora_layers", "lora_blocks")
+        return [f"--{name}" for name in names if getattr(self, name) is not None]

@@ -34,6 +34,8 @@ class FlowDreamBoothData:
     class_latents: torch.Tensor | None = None
     class_embeds: torch.Tensor | None = None
     class_pooled: torch.Tensor | None = None
+    captioned: int = 0  # photos whose prompt came from a caption file
+    class_report: dict | None = None  # what the class-image cache did
 
 
 @dataclass

@@ -59,6 +59,11 @@ class PriorSettings:
     guidance_scale: float = 4.0
     resolution: int = 64
     weights: str = ""  # weights_fingerprint(model)
+    max_sequence_length: int | None = None  # a flow-matching model's T5 tokens (the profile's); None on SD 1.x
+
+    @property
+    def pipeline_kwargs(self) -> dict:
+        return {} if self.max_sequence_length is None else {"max_sequence_length": self.max_sequence_length}
 
     @classmethod
     def for_model(
@@ -80,6 +85,7 @@ class PriorSettings:
             num_inference_steps=profile.num_inference_steps,
             guidance_scale=guidance_scale,
             resolution=profile.resolution,
+            max_sequence_length=profile.max_sequence_length,
         )
 
 
@@ -218,6 +224,7 @@ def _draw(
         progress=progress,
         resolution=settings.resolution,
         desc="class images (batches)",
+        **settings.pipeline_kwargs,
     )
     for images in batches:
         for image in images:

@@ -14,24 +14,20 @@ output folder), with what a course needs on top:
   attention projections, saved in diffusers' LoRA format (``helpers.diffusion.lora``).
 
 Scale-out is accelerate's: the same code runs under ``accelerate launch`` or ``torchrun``.
+
+What does not depend on the denoiser (folders, class images, the loop, validation, the card) is
+``helpers.dreambooth.base``'s; ``train`` hands a flow-matching model to ``FlowTrainer``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from PIL import Image
 
-from helpers.core.atomic import save_image_atomic, write_text_atomic
-from helpers.core.figures import image_grid
-from helpers.core.folders import check_output, claim_output, staged
+from helpers.core.errors import UsageError
+from helpers.core.folders import staged
 from helpers.core.runtime import release_device_memory
-from helpers.diffusion.hub import check_push, push_folder
 from helpers.diffusion.latents import vae_scale_factor
 from helpers.diffusion.loading import check_float32, load_parts
 from helpers.diffusion.lora import (
@@ -42,77 +38,44 @@ from helpers.diffusion.lora import (
     load_lora,
     save_lora,
 )
-from helpers.diffusion.lora_export import export_kohya
-from helpers.diffusion.profiles import profile_for_model, require_sd, resolve_model
-from helpers.diffusion.prompts import check_prompt
-from helpers.dreambooth.card import CARD, model_card
+from helpers.diffusion.profiles import model_family, profile_for_model, require_sd, resolve_model
+from helpers.dreambooth.base import TOOL, VALIDATION_INFERENCE_STEPS, BaseTrainer, TrainResult, validation_grid
 from helpers.dreambooth.config import TrainConfig
-from helpers.dreambooth.identifiers import identifier_warnings, identifier_words
+from helpers.dreambooth.flow_trainer import FlowTrainer
+from helpers.dreambooth.identifiers import identifier_warnings
 from helpers.dreambooth.instances import load_instances
-from helpers.dreambooth.priors import check_class_folder
 from helpers.dreambooth.step import DreamBoothData, DreamBoothModels, dreambooth_step, prepare_data
-from helpers.training import trackers
 from helpers.training.loop import (
-    Hooks,
-    finish,
-    fit,
-    make_accelerator,
     pretrained_checkpoints,
-    resolve_resume,
     step_generator,
     weight_dtype,
-    write_result,
 )
-from helpers.training.settings import TrainerResult
 
-TOOL = "helpers.dreambooth"  # what marks the output folders this trainer makes (helpers.core.folders)
-VALIDATION = "validation"  # the folder of validation grids, one per step: validation/step-00100.png
-VALIDATION_INFERENCE_STEPS = 25  # as diffusers' DreamBooth script samples its validation images
-
-
-@dataclass(kw_only=True)
-class TrainResult(TrainerResult):
-    class_images: dict | None = None
-    captioned_images: int = 0
-    validation_seconds: float = 0.0
-    validation_grids: list[str] = field(default_factory=list)
-    hub_url: str | None = None
+# what the notebooks and the command import from here, whichever module defines it
+__all__ = [
+    "TOOL",
+    "VALIDATION_INFERENCE_STEPS",
+    "FlowTrainer",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "train",
+    "validation_grid",
+]
 
 
-def validation_grid(output_dir: Path, step: int) -> Path:
-    return Path(output_dir) / VALIDATION / f"step-{step:05d}.png"
+class Trainer(BaseTrainer):
+    """The DreamBooth trainer for a UNet (SD 1.x/2.x, the toy); ``train`` picks it or ``FlowTrainer``."""
 
-
-# --------------------------------------------------------------------------- the loop
-
-
-class Trainer:
-    """Build everything from a TrainConfig, then ``train()``."""
-
-    def __init__(self, config: TrainConfig, pipe_factory=None) -> None:
-        config.check()
-        if config.learning_rate is None:  # left out: the model's own (5e-6 for SD 1.x, 1e-4 for the toy)
-            model = config.pretrained_model_name_or_path
-            config = dataclasses.replace(config, learning_rate=profile_for_model(model).learning_rate)
-        self.config = config
-        self.inputs = {"--instance_data_dir": config.instance_data_dir, "--class_data_dir": config.class_data_dir}
-        self.output_dir = check_output(config.output_dir, TOOL, inputs=self.inputs)  # before any loading
-        if config.with_prior_preservation:
-            check_class_folder(config.class_data_dir, config.instance_data_dir)
-        resolve_resume(self.output_dir, config.resume_from_checkpoint, config.max_train_steps)  # before any loading
-        if config.push_to_hub:
-            check_push(config.output_dir, config.hub_model_id, config.hub_token, private=not config.hub_public)
-        self.model_path = resolve_model(config.pretrained_model_name_or_path)
+    def _check_family(self) -> None:
+        """SD 1.x/2.x only; flags that only a flow-matching model reads are refused, not ignored."""
         require_sd(self.model_path)
-        self.accelerator = make_accelerator(
-            self.output_dir, config.gradient_accumulation_steps, config.mixed_precision, config.report_to
-        )
-        self.validation_seconds, self.validation_grids = 0.0, []
-        self.data: DreamBoothData | None = None  # prepare() computes it
-        self._pipe_factory = pipe_factory
-        self._load_models()
+        if flags := self.config.flow_flags():
+            raise UsageError(
+                f"{' and '.join(flags)} only apply to flow-matching models (the SD3 family); {self.model_path} is "
+                f"a Stable Diffusion 1.x/2.x UNet trained on DDPM's noise loss: leave them out"
+            )
 
-    # ----------------------------------------------------------------- setup
     def _load_models(self) -> None:
         acc, cfg = self.accelerator, self.config
         self.weight_dtype = weight_dtype(cfg.mixed_precision)
@@ -150,52 +113,6 @@ class Trainer:
         """The models a step runs (after ``accelerate.prepare``, the prepared UNet and text encoder)."""
         return DreamBoothModels(self.unet, self.text_encoder, self.vae)
 
-    def _check_prompts(self, prompts: dict[str, str | None], identifier: list[str] | None = None) -> None:
-        """Each prompt against the text encoder's window: a warning once for a long one, a refusal when the
-        identifier falls outside it (``identifier`` None: the run's own identifier words)."""
-        cfg = self.config
-        words = identifier_words(cfg.instance_prompt, cfg.class_prompt) if identifier is None else identifier
-        for what, prompt in prompts.items():
-            if prompt and (message := check_prompt(self.tokenizer, prompt, what, words)):
-                warnings.warn(message, stacklevel=3)
-
-    def _pipeline(self):
-        from helpers.diffusion.profiles import load_pipeline
-
-        cfg = self.config
-        return (
-            self._pipe_factory
-            or (lambda: load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant))
-        )()
-
-    def _class_images(self) -> tuple[list[Image.Image], dict | None]:
-        from helpers.dreambooth.priors import PriorSettings, class_images, load_class_images
-
-        cfg = self.config
-        if not cfg.with_prior_preservation:
-            return [], None
-        settings = dataclasses.replace(
-            PriorSettings.for_model(
-                cfg.pretrained_model_name_or_path,
-                cfg.class_prompt,
-                cfg.num_class_images,
-                cfg.seed,
-                guidance_scale=cfg.class_guidance_scale,
-            ),
-            resolution=self.resolution,
-        )
-        report = None
-        if self.accelerator.is_main_process:
-            paths, report = class_images(
-                cfg.class_data_dir, settings, self._pipeline, batch_size=cfg.sample_batch_size, progress=cfg.progress
-            )
-        self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            paths, report = class_images(cfg.class_data_dir, settings, self._pipeline, progress=False)
-        release_device_memory()  # the sampling pipeline's own copy of the model is gone now
-        return load_class_images(paths), report
-
-    # ----------------------------------------------------------------- training
     def prepare(self) -> DreamBoothData:
         """What ``train()`` computes before its first step (``step.prepare_data``): the photos with their
         prompts, and the class images, drawn now where the cache lacks them. Notebook 04 calls it to run
@@ -210,11 +127,9 @@ class Trainer:
             self.data.class_report = class_report
         return self.data
 
-    def train(self) -> TrainResult:
-        cfg, acc = self.config, self.accelerator
-        self.prepare()
-        if acc.is_main_process:  # made and marked only now: a setting or photo refused before leaves no folder
-            claim_output(self.output_dir, TOOL, inputs=self.inputs)
+    def _trained(self) -> tuple[list[torch.nn.Module], list[dict]]:
+        """The models the loop prepares and their optimizer groups: the UNet, and the text encoder at its own rate."""
+        cfg = self.config
         groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
         trained = [self.unet]
         if cfg.train_text_encoder:
@@ -225,53 +140,22 @@ class Trainer:
                 }
             )
             trained.append(self.text_encoder)
+        return trained, groups
 
-        def on_prepared(models: list[torch.nn.Module]) -> None:
-            self.unet, self.text_encoder = models if cfg.train_text_encoder else (models[0], self.text_encoder)
-            if cfg.lora_rank:  # a LoRA run's checkpoints hold its adapters, not the whole UNet
-                adapters_only_checkpoints(acc, self._lora_base(), cfg.lora_rank, cfg.lora_alpha)
-            else:  # checkpoint-N/unet (and text_encoder/) load with from_pretrained
-                names = ("unet", "text_encoder")[: len(models)]
-                pretrained_checkpoints(acc, {n: acc.unwrap_model(m) for n, m in zip(names, models)})
-
-        hooks = Hooks("dreambooth", on_prepared, after_step=self._after_step)
-        report = fit(acc, cfg, self.output_dir, trained, groups, self._step_loss, hooks)
-        if acc.is_main_process:
-            self._save_output()
-        result = TrainResult(
-            **report,
-            class_images=self.data.class_report,
-            captioned_images=self.data.captioned,
-            validation_seconds=self.validation_seconds,
-            validation_grids=[str(p) for p in self.validation_grids],
-        )
-        if acc.is_main_process:
-            self._publish(result)
-            write_result(self.output_dir, result, cfg)
-        finish(acc)
-        return result
-
-    def _publish(self, result: TrainResult) -> None:
-        """The model card beside the weights; the kohya export and the hub push when asked for."""
-        cfg = self.config
-        write_text_atomic(self.output_dir / CARD, str(model_card(cfg, result, self.output_dir)))
-        if cfg.output_kohya_format:
-            export_kohya(self.output_dir)
-        if cfg.push_to_hub:
-            result.hub_url = push_folder(self.output_dir, cfg.hub_model_id, cfg.hub_token, private=not cfg.hub_public)
+    def _on_prepared(self, models: list[torch.nn.Module]) -> None:
+        cfg, acc = self.config, self.accelerator
+        self.unet, self.text_encoder = models if cfg.train_text_encoder else (models[0], self.text_encoder)
+        if cfg.lora_rank:  # a LoRA run's checkpoints hold its adapters, not the whole UNet
+            adapters_only_checkpoints(acc, self._lora_base(), cfg.lora_rank, cfg.lora_alpha)
+        else:  # checkpoint-N/unet (and text_encoder/) load with from_pretrained
+            names = ("unet", "text_encoder")[: len(models)]
+            pretrained_checkpoints(acc, {n: acc.unwrap_model(m) for n, m in zip(names, models)})
 
     def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``step.dreambooth_step`` on the prepared models, with the generator of (seed, step, micro, rank)."""
         cfg, acc = self.config, self.accelerator
         gen = step_generator(cfg.seed, step, micro, acc.process_index)
         return dreambooth_step(self.models, self.data, self.noise_scheduler, cfg, gen, acc.autocast())
-
-    def _lora_base(self) -> str:
-        """The base model to note next to saved adapters."""
-        base = self.config.pretrained_model_name_or_path
-        if base != "toy" and Path(base).exists():
-            base = str(Path(base).resolve())  # a local base must still be found from another folder
-        return base
 
     # ----------------------------------------------------------------- output
     def _save_output(self) -> None:
@@ -305,12 +189,6 @@ class Trainer:
         if validate:
             self._validate(pipe, cfg.max_train_steps)
 
-    # ----------------------------------------------------------------- validation
-    def _after_step(self, done: int) -> None:
-        cfg = self.config
-        if cfg.validation_prompt and done % cfg.validation_steps == 0 and self.accelerator.is_main_process:
-            self._validate(self._live_pipeline(), done)
-
     def _live_pipeline(self):
         """A pipeline around the models being trained (no copy, no reload), sampling with DDIM."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -327,42 +205,11 @@ class Trainer:
             requires_safety_checker=False,
         )
 
-    def _validate(self, pipe, step: int) -> None:
-        """Draw ``num_validation_images`` samples of the validation prompt with fixed seeds, in eval
-        mode and without gradients (the pipeline's own no_grad), at the run's precision; save their
-        grid as validation/step-N.png and log it. The models go back to training mode after."""
-        from helpers.diffusion.generate import generate_images
-
-        cfg, acc = self.config, self.accelerator
-        started = time.perf_counter()
-        models = [pipe.unet, pipe.text_encoder]
-        modes = [m.training for m in models]
-        for model in models:
-            model.eval()
-        pipe.set_progress_bar_config(disable=True)
-        try:
-            with acc.autocast():
-                images = generate_images(
-                    pipe.to(acc.device),
-                    cfg.validation_prompt,
-                    cfg.num_validation_images,
-                    seed=cfg.seed,
-                    num_inference_steps=VALIDATION_INFERENCE_STEPS,
-                    guidance_scale=self.guidance_scale,
-                )
-        finally:
-            for model, mode in zip(models, modes):
-                model.train(mode)
-        path = validation_grid(self.output_dir, step)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image_atomic(image_grid(images, len(images)), path)
-        trackers.log_images(acc, "validation", images, step)
-        self.validation_grids.append(path)
-        self.validation_seconds += time.perf_counter() - started
-
 
 def train(config: TrainConfig, pipe_factory=None) -> TrainResult:
-    """Train, then let the models go: nothing of the run stays on the GPU for the next one."""
-    result = Trainer(config, pipe_factory).train()
+    """Train with the trainer of the model's family (a UNet's, or ``FlowTrainer`` for a StableDiffusion3Pipeline
+    folder or hub id), then let the models go: nothing of the run stays on the GPU for the next one."""
+    flow = model_family(resolve_model(config.pretrained_model_name_or_path)) == "sd3"
+    result = (FlowTrainer if flow else Trainer)(config, pipe_factory).train()
     release_device_memory()
     return result

@@ -43,6 +43,12 @@ BAD = [
     ("num_validation_images", "0"),
     ("validation_steps", "0"),
     ("sample_batch_size", "0"),
+    ("logit_mean", "nan"),
+    ("logit_std", "0"),
+    ("logit_std", "inf"),
+    ("mode_scale", "inf"),
+    ("precondition_outputs", "2"),
+    ("max_sequence_length", "-1"),
 ]
 NUMERIC = ("int", "float", "int | None", "float | None")
 

@@ -1,0 +1,204 @@
+"""DreamBooth on a flow-matching transformer (the SD3 family): the course's trainer with the MMDiT in the UNet's place.
+
+It follows diffusers' ``examples/dreambooth/train_dreambooth_lora_sd3.py`` (its flags, its loss, its LoRA
+targets and file) on the course's one loop and settings: the step is ``helpers.dreambooth.flow_step``;
+checkpoints, resume, validation samples, the model card and the hub push are the UNet trainer's
+(``helpers.dreambooth.base``), as the UNet trainer's are. The text encoders and the VAE stay frozen, so the
+photos, class images and prompts are encoded once before the first step (the SD3 script's
+``--cache_latents``, always on here, and its cached prompt embeddings).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from helpers.core.errors import UsageError
+from helpers.core.folders import staged
+from helpers.diffusion.flow import FlowObjective
+from helpers.diffusion.latents import vae_scale_factor
+from helpers.diffusion.loading import absent_parts, loading
+from helpers.diffusion.lora import adapters_only_checkpoints, add_lora, load_lora, save_lora
+from helpers.diffusion.profiles import model_family, profile_for_model
+from helpers.dreambooth.base import BaseTrainer
+from helpers.dreambooth.flow_step import FlowDreamBoothData, flow_dreambooth_step, prepare_flow_data
+from helpers.dreambooth.identifiers import identifier_warnings
+from helpers.dreambooth.instances import load_instances
+from helpers.training.loop import pretrained_checkpoints, step_generator, weight_dtype
+
+# The SD3 script's default --lora_layers: every attention projection of a joint block, the image
+# stream's (to_q, to_k, to_v, to_out.0) and the text stream's (add_q_proj, add_k_proj, add_v_proj, to_add_out).
+SD3_LORA_TARGETS = [
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "attn.to_k",
+    "attn.to_out.0",
+    "attn.to_q",
+    "attn.to_v",
+]
+SD3_MAX_SEQUENCE_LENGTH = 77  # the SD3 script's default T5 tokens, where the profile has none
+UNET_ONLY = {
+    "snr_gamma": "min-SNR weights DDPM's noise loss; a flow-matching model weights by --weighting_scheme",
+    "offset_noise": "offset noise shifts DDPM's noise; flow matching draws plain Gaussian noise",
+    "train_text_encoder": "the trainer keeps the text encoders of a flow-matching model frozen for now",
+    "output_kohya_format": "the kohya export reads the UNet's LoRA keys; a flow-matching LoRA has none",
+}
+
+
+def lora_targets(layers: str | None, blocks: str | None) -> list[str]:
+    """The transformer modules that get adapters, as the SD3 script names them: ``--lora_layers`` (or its
+    default), in every block or, with ``--lora_blocks``, in those blocks only."""
+    targets = [layer.strip() for layer in layers.split(",")] if layers else SD3_LORA_TARGETS
+    if blocks:
+        return [f"transformer_blocks.{int(b)}.{t}" for b in blocks.split(",") for t in targets]
+    return targets
+
+
+class FlowTrainer(BaseTrainer):
+    """The DreamBooth trainer for a ``StableDiffusion3Pipeline`` folder or hub id (``train`` picks it)."""
+
+    # ----------------------------------------------------------------- setup
+    def _check_family(self) -> None:
+        """A flow-matching model only; the UNet trainer's flags that mean nothing here are refused, not ignored."""
+        cfg = self.config
+        if model_family(self.model_path) != "sd3":
+            raise UsageError(f"{self.model_path} is not a flow-matching model: train it with the UNet trainer")
+        for name, why in UNET_ONLY.items():
+            if getattr(cfg, name):
+                raise UsageError(f"--{name} does not apply to {self.model_path}, a flow-matching model: {why}")
+
+    def _load_models(self) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+        acc, cfg = self.accelerator, self.config
+        self.weight_dtype = weight_dtype(cfg.mixed_precision)
+        with loading(self.model_path, cfg.variant, cfg.revision):
+            self.pipe = StableDiffusion3Pipeline.from_pretrained(
+                self.model_path,
+                **absent_parts(self.model_path),
+                dtype=torch.float32,
+                revision=cfg.revision,
+                variant=cfg.variant,
+            )
+        self.pipe.set_progress_bar_config(disable=True)
+        self.transformer, self.vae, self.tokenizer = self.pipe.transformer, self.pipe.vae, self.pipe.tokenizer
+        self.text_encoder = self.pipe.text_encoder  # for the UNet trainer's validation, which sets its mode
+        self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        encoders = [self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3]
+        frozen = [self.vae, *(e for e in encoders if e is not None)]
+        if cfg.lora_rank:
+            frozen.append(self.transformer)
+        cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
+        for part in frozen:
+            part.requires_grad_(False)
+            part.to(acc.device, **cast)
+        if cfg.lora_rank:
+            with torch.random.fork_rng():  # the adapters' random init follows --seed
+                torch.manual_seed(cfg.seed)
+                add_lora(
+                    self.transformer, cfg.lora_rank, cfg.lora_alpha, lora_targets(cfg.lora_layers, cfg.lora_blocks)
+                )
+        else:
+            self.transformer.to(acc.device)
+        if cfg.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        profile = profile_for_model(cfg.pretrained_model_name_or_path)
+        self.resolution = cfg.resolution or self.transformer.config.sample_size * vae_scale_factor(self.vae.config)
+        self.guidance_scale = profile.guidance_scale
+        tokens = next(
+            n for n in (cfg.max_sequence_length, profile.max_sequence_length, SD3_MAX_SEQUENCE_LENGTH) if n is not None
+        )
+        self.pipeline_kwargs = {"max_sequence_length": tokens}
+        self.objective = FlowObjective(
+            cfg.weighting_scheme or "logit_normal",
+            0.0 if cfg.logit_mean is None else cfg.logit_mean,
+            cfg.logit_std or 1.0,
+            1.29 if cfg.mode_scale is None else cfg.mode_scale,
+        )
+        self.precondition_outputs = cfg.precondition_outputs != 0  # None: the SD3 script's default, 1
+        for message in identifier_warnings(self.tokenizer, cfg.instance_prompt, cfg.class_prompt):
+            warnings.warn(message, stacklevel=2)
+        self._check_prompts({"--instance_prompt": cfg.instance_prompt})
+        self._check_prompts({"--class_prompt": cfg.class_prompt, "--validation_prompt": cfg.validation_prompt}, ())
+
+    # ----------------------------------------------------------------- training
+    def prepare(self) -> FlowDreamBoothData:
+        """The photos with their prompts and the class images (drawn now where the cache lacks them), through
+        the VAE and the text encoders once: ``flow_step.prepare_flow_data``."""
+        if self.data is None:
+            cfg = self.config
+            instances = load_instances(cfg.instance_data_dir, self.resolution, cfg.instance_prompt, cfg.class_prompt)
+            self._check_prompts({f"the caption of {p.name}": prompt for p, prompt in instances.captions.items()})
+            class_imgs, class_report = self._class_images()
+            self.data = prepare_flow_data(
+                self.pipe,
+                instances.images,
+                instances.prompts,
+                class_imgs,
+                cfg.class_prompt,
+                self.resolution,
+                self.pipeline_kwargs["max_sequence_length"],
+            )
+            self.data.class_report, self.data.captioned = class_report, instances.captioned
+        return self.data
+
+    def _trained(self) -> tuple[list[torch.nn.Module], list[dict]]:
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        return [self.transformer], [{"params": params, "lr": self.config.learning_rate}]
+
+    def _on_prepared(self, models: list[torch.nn.Module]) -> None:
+        cfg, acc = self.config, self.accelerator
+        self.transformer = models[0]
+        if cfg.lora_rank:  # a LoRA run's checkpoints hold its adapters, not the whole transformer
+            adapters_only_checkpoints(acc, self._lora_base(), cfg.lora_rank, cfg.lora_alpha)
+        else:  # checkpoint-N/transformer loads with from_pretrained
+            pretrained_checkpoints(acc, {"transformer": acc.unwrap_model(self.transformer)})
+
+    def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``flow_step.flow_dreambooth_step`` on the prepared transformer, with the generator of
+        (seed, step, micro, rank)."""
+        cfg, acc = self.config, self.accelerator
+        return flow_dreambooth_step(
+            self.transformer,
+            self.data,
+            self.noise_scheduler,
+            self.objective,
+            cfg.train_batch_size,
+            step_generator(cfg.seed, step, micro, acc.process_index),
+            cfg.prior_loss_weight,
+            self.precondition_outputs,
+            acc.autocast(),
+        )
+
+    # ----------------------------------------------------------------- output
+    def _save_output(self) -> None:
+        """The fine-tuned pipeline (StableDiffusion3Pipeline.from_pretrained(output_dir)), or with LoRA the
+        adapters alone (pipe.load_lora_weights(output_dir)); the last validation grid as the UNet trainer draws it."""
+        acc, cfg = self.accelerator, self.config
+        validate = cfg.validation_prompt and cfg.max_train_steps % cfg.validation_steps != 0
+        transformer = acc.unwrap_model(self.transformer)
+        if cfg.lora_rank:
+            with staged(self.output_dir) as stage:  # a full disk leaves the earlier output whole
+                save_lora(stage, self._lora_base(), transformer, None, cfg.lora_rank, cfg.lora_alpha)
+            if validate:
+                self._validate(load_lora(self._pipeline(), self.output_dir), cfg.max_train_steps)
+            return
+        pipe = self._live_pipeline()
+        for part in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+            if part is not None:
+                part.float()
+        with staged(self.output_dir) as stage:
+            pipe.save_pretrained(stage, safe_serialization=True)
+        if validate:
+            self._validate(pipe, cfg.max_train_steps)
+
+    def _live_pipeline(self):
+        """The loaded pipeline around the transformer being trained (no copy), with a fresh sampling scheduler."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.pipe.transformer = self.accelerator.unwrap_model(self.transformer)
+        self.pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.noise_scheduler.config)
+        return self.pipe
