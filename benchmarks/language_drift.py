@@ -2,9 +2,11 @@
 
     python benchmarks/language_drift.py --seeds 0 1 2 [--identifier sks] [--train_text_encoder [--text_encoder_lr 1e-3]]
         [--prior_loss_weight 1.0] [--use_8bit_adam] [--sample_sets 4]
+    python benchmarks/language_drift.py --model toy-flow [--lora_rank 8 --learning_rate 1e-3]
 
-For each seed, two toy DreamBooth runs that differ only in --with_prior_preservation, with notebooks
-05's recipe on the toy (class images drawn unguided, the text encoder frozen, 32-bit AdamW), then subject fidelity,
+For each seed, two DreamBooth runs that differ only in --with_prior_preservation, on the toy SD or the toy
+flow model (``--model``), with notebooks 05's recipe on the toy (class images drawn unguided, the text
+encoder frozen, 32-bit AdamW), then subject fidelity,
 prompt fidelity, PRES and DIV of each and of the base model (helpers.evaluation.evaluate.evaluate_model,
 the same sample seeds for all three), and what the toy judge reads in the class-prompt samples: how
 many colours and backgrounds appear in a set of ``--num_samples``. Every number is the mean over
@@ -30,7 +32,7 @@ from pathlib import Path
 from helpers.core.images import load_image_folder
 from helpers.core.paths import ROOT
 from helpers.core.runtime import configure_cpu
-from helpers.diffusion.profiles import TOY, TOY_JUDGE, load_pipeline
+from helpers.diffusion.profiles import PROFILES, TOY_JUDGE, load_pipeline
 from helpers.dreambooth.trainer import TrainConfig, train
 from helpers.evaluation.evaluate import evaluate_model, fidelity_ceiling, toy_scorers
 from helpers.toy.judge import judge_images, load_judge
@@ -43,6 +45,8 @@ RUNS = ("base model", "with", "without")
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--model", choices=["toy", "toy-flow"], default="toy", help="the toy SD or the toy flow model")
+    parser.add_argument("--lora_rank", type=int, default=None, help="train LoRA adapters of this rank instead")
     parser.add_argument("--identifier", default="sks", help="the rare word of the instance prompt")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
@@ -74,6 +78,8 @@ def _finetune(args: argparse.Namespace, work: Path, seed: int, prior: bool, prom
     out = work / f"{'with' if prior else 'without'}-{seed}"
     train(
         TrainConfig(
+            pretrained_model_name_or_path=args.model,
+            lora_rank=args.lora_rank,
             instance_data_dir=str(ROOT / "data" / "subjects" / args.subject),
             instance_prompt=prompts[0],
             class_prompt=prompts[1],
@@ -99,15 +105,16 @@ def _finetune(args: argparse.Namespace, work: Path, seed: int, prior: bool, prom
 
 def _score(pipe, photos, prompts: tuple[str, str], seed: int, args: argparse.Namespace, judge) -> dict:
     """The metrics and the judge's counts, each the mean over ``args.sample_sets`` sets of samples."""
-    samples = args.num_samples
+    samples, profile = args.num_samples, PROFILES[args.model]
     report = evaluate_model(
         pipe,
         photos,
         *prompts,
         num_samples=samples,
         seeds=tuple(seed + 100 * k for k in range(args.sample_sets)),
-        num_inference_steps=TOY.num_inference_steps,
-        guidance_scale=TOY.guidance_scale,
+        num_inference_steps=profile.num_inference_steps,
+        guidance_scale=profile.guidance_scale,
+        pipe_kwargs=profile.pipeline_kwargs,
         keep_class_samples=True,
     )
     labels = judge_images(judge, report.pop("class_samples")).labels
@@ -133,7 +140,7 @@ def main() -> None:
     configure_cpu()
     prompts = (f"a photo of {args.identifier} {args.class_noun}", f"a photo of {args.class_noun}")
     photos = load_image_folder(ROOT / "data" / "subjects" / args.subject)
-    judge, base_pipe = load_judge(TOY_JUDGE), load_pipeline("toy")
+    judge, base_pipe = load_judge(TOY_JUDGE), load_pipeline(args.model)
     results: dict[str, list[dict]] = {name: [] for name in RUNS}
     with tempfile.TemporaryDirectory(prefix="drift-") as folder:  # the fine-tunes and class images: gone after
         for seed in args.seeds:
@@ -154,7 +161,8 @@ def main() -> None:
         label = name if name == "base model" else f"{name} prior preservation"
         print(f"{label:28s}{cells}")
     print(
-        f"seeds {args.seeds}, identifier {args.identifier!r}, {args.steps} steps, lr {args.learning_rate}, "
+        f"{args.model}{f' LoRA rank {args.lora_rank}' if args.lora_rank else ''}, seeds {args.seeds}, "
+        f"identifier {args.identifier!r}, {args.steps} steps, lr {args.learning_rate}, "
         f"{args.num_class_images} class images at guidance {args.class_guidance_scale}, prior loss weight "
         f"{args.prior_loss_weight}, text encoder "
         f"{'trained' if args.train_text_encoder else 'frozen'}, {'8' if args.use_8bit_adam else '32'}-bit AdamW, "

@@ -69,12 +69,16 @@ def save_lora(
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    pipeline, part = _family(denoiser)
+
     def layers(model):
         if model is None:
             return None
-        return convert_state_dict_to_diffusers(get_peft_model_state_dict(model, save_embedding_layers=False))
+        state = get_peft_model_state_dict(model, save_embedding_layers=False)
+        # SD 1.x's loader reads the UNet's attention adapters in diffusers' older names (to_q.lora.down);
+        # SD3's reads peft's own (to_q.lora_A), which is what its training script saves
+        return convert_state_dict_to_diffusers(state) if part == "unet" else state
 
-    pipeline, part = _family(denoiser)
     pipeline.save_lora_weights(
         folder,
         **{f"{part}_lora_layers": layers(denoiser)},

@@ -88,7 +88,17 @@ SD15 = Profile("sd15", SD15_MODEL, "cuda", torch.float16, 512, 50, 7.5, "fp16", 
 # near its 32-step figure from 16 steps on; guidance 7 draws the class the prompt names more often than the
 # toy SD's 4 does (benchmarks/toy_model.py --guidance_scale 4).
 TOY_FLOW = Profile(
-    "toy-flow", str(TOY_FLOW_MODEL), "cpu", torch.float32, 64, 28, 7.0, family="sd3", max_sequence_length=0
+    "toy-flow",
+    str(TOY_FLOW_MODEL),
+    "cpu",
+    torch.float32,
+    64,
+    28,
+    7.0,
+    family="sd3",
+    max_sequence_length=0,
+    class_guidance_scale=1.0,  # the toy SD's reason holds for any model sampled with guidance
+    learning_rate=1e-4,  # a full fine-tune's, as the toy SD's (LoRA's adapters start at zero and want more)
 )
 # 512: the size a T4 fine-tunes it at (it draws up to 1440); 4.5 and 28 steps: its model card's guidance, the
 # pipeline's default steps.
