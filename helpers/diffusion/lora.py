@@ -134,7 +134,7 @@ def load_adapters(folder: Path, denoiser: torch.nn.Module, text_encoder: torch.n
 
 
 def adapters_only_checkpoints(accelerator, base_model: str, rank: int, alpha: float | None) -> None:
-    """Make ``accelerate.save_state``/``load_state`` keep the adapters only, as diffusers'
+    """Make ``accelerator.save_state``/``load_state`` keep the adapters only, as diffusers'
     ``train_dreambooth_lora.py`` does: otherwise every checkpoint of a LoRA run holds the whole frozen
     UNet (1.6 GiB of fp16 weights on SD 1.5) or transformer next to a few MB of what was actually trained."""
     from diffusers import SD3Transformer2DModel, UNet2DConditionModel

@@ -2,8 +2,8 @@
 
 It follows diffusers' ``examples/dreambooth/train_dreambooth_lora_sd3.py`` (its flags, its loss, its LoRA
 targets and file) on the course's one loop and settings: the step is ``helpers.dreambooth.flow_step``;
-checkpoints, resume, validation samples, the model card and the hub push are the UNet trainer's
-(``helpers.dreambooth.base``), as the UNet trainer's are. The text encoders and the VAE stay frozen, so the
+checkpoints, resume, validation samples, the model card and the hub push come from ``helpers.dreambooth.base``,
+which the UNet trainer shares. The text encoders and the VAE stay frozen, so the
 photos, class images and prompts are encoded once before the first step (the SD3 script's
 ``--cache_latents``, always on here, and its cached prompt embeddings).
 """
