@@ -28,7 +28,7 @@ from helpers.diffusion.profiles import profile_for_model, resolve_model
 from helpers.diffusion.prompts import check_prompt
 from helpers.dreambooth.card import CARD, model_card
 from helpers.dreambooth.config import TrainConfig
-from helpers.dreambooth.identifiers import identifier_words
+from helpers.dreambooth.identifiers import identifier_warnings, identifier_words
 from helpers.dreambooth.priors import check_class_folder
 from helpers.training import trackers
 from helpers.training.loop import (
@@ -90,8 +90,17 @@ class BaseTrainer:
         self.data = None  # prepare() computes it: the family's step data (step.DreamBoothData, ...)
         self._pipe_factory = pipe_factory
         self._load_models()
+        self._check_run_prompts()
 
     # ----------------------------------------------------------------- setup
+    def _check_run_prompts(self) -> None:
+        """The identifier and the run's prompts against the loaded tokenizer, whichever the family."""
+        cfg = self.config
+        for message in identifier_warnings(self.tokenizer, cfg.instance_prompt, cfg.class_prompt):
+            warnings.warn(message, stacklevel=2)
+        self._check_prompts({"--instance_prompt": cfg.instance_prompt})
+        self._check_prompts({"--class_prompt": cfg.class_prompt, "--validation_prompt": cfg.validation_prompt}, ())
+
     def _check_prompts(self, prompts: dict[str, str | None], identifier: list[str] | None = None) -> None:
         """Each prompt against the text encoder's window: a warning once for a long one, a refusal when the
         identifier falls outside it (``identifier`` None: the run's own identifier words)."""

@@ -21,6 +21,7 @@ from PIL import Image
 
 from helpers.diffusion.flow import FlowObjective, on_path, prediction_and_target, sample_losses, schedule_at
 from helpers.diffusion.latents import encode as encode_latents
+from helpers.dreambooth.step import Batch
 
 
 @dataclass
@@ -39,19 +40,10 @@ class FlowDreamBoothData:
 
 
 @dataclass
-class FlowBatch:
-    """One step's draw: the photos' rows first, then as many class rows (none without prior preservation)."""
+class FlowBatch(Batch):
+    """The UNet step's draw (photos' rows, then class rows), with each row's sigma on the straight path."""
 
-    instance_index: torch.Tensor
-    class_index: torch.Tensor
-    latents: torch.Tensor
-    noise: torch.Tensor
-    timesteps: torch.Tensor
     sigmas: torch.Tensor
-
-    @property
-    def num_instance(self) -> int:
-        return len(self.instance_index)
 
 
 @torch.no_grad()

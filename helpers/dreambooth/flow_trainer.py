@@ -10,8 +10,6 @@ photos, class images and prompts are encoded once before the first step (the SD3
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from helpers.core.errors import UsageError
@@ -23,7 +21,6 @@ from helpers.diffusion.lora import adapters_only_checkpoints, add_lora, load_lor
 from helpers.diffusion.profiles import model_family, profile_for_model
 from helpers.dreambooth.base import BaseTrainer
 from helpers.dreambooth.flow_step import FlowDreamBoothData, flow_dreambooth_step, prepare_flow_data
-from helpers.dreambooth.identifiers import identifier_warnings
 from helpers.dreambooth.instances import load_instances
 from helpers.training.loop import pretrained_checkpoints, step_generator, weight_dtype
 
@@ -119,10 +116,6 @@ class FlowTrainer(BaseTrainer):
             1.29 if cfg.mode_scale is None else cfg.mode_scale,
         )
         self.precondition_outputs = cfg.precondition_outputs != 0  # None: the SD3 script's default, 1
-        for message in identifier_warnings(self.tokenizer, cfg.instance_prompt, cfg.class_prompt):
-            warnings.warn(message, stacklevel=2)
-        self._check_prompts({"--instance_prompt": cfg.instance_prompt})
-        self._check_prompts({"--class_prompt": cfg.class_prompt, "--validation_prompt": cfg.validation_prompt}, ())
 
     # ----------------------------------------------------------------- training
     def prepare(self) -> FlowDreamBoothData:

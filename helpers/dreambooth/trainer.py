@@ -21,8 +21,6 @@ What does not depend on the denoiser (folders, class images, the loop, validatio
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from helpers.core.errors import UsageError
@@ -42,7 +40,6 @@ from helpers.diffusion.profiles import model_family, profile_for_model, require_
 from helpers.dreambooth.base import TOOL, VALIDATION_INFERENCE_STEPS, BaseTrainer, TrainResult, validation_grid
 from helpers.dreambooth.config import TrainConfig
 from helpers.dreambooth.flow_trainer import FlowTrainer
-from helpers.dreambooth.identifiers import identifier_warnings
 from helpers.dreambooth.instances import load_instances
 from helpers.dreambooth.step import DreamBoothData, DreamBoothModels, dreambooth_step, prepare_data
 from helpers.training.loop import (
@@ -103,10 +100,6 @@ class Trainer(BaseTrainer):
                 self.text_encoder.gradient_checkpointing_enable()
         self.resolution = cfg.resolution or self.unet.config.sample_size * vae_scale_factor(self.vae.config)
         self.guidance_scale = profile_for_model(cfg.pretrained_model_name_or_path).guidance_scale  # for validation
-        for message in identifier_warnings(self.tokenizer, cfg.instance_prompt, cfg.class_prompt):
-            warnings.warn(message, stacklevel=2)
-        self._check_prompts({"--instance_prompt": cfg.instance_prompt})
-        self._check_prompts({"--class_prompt": cfg.class_prompt, "--validation_prompt": cfg.validation_prompt}, ())
 
     @property
     def models(self) -> DreamBoothModels:
