@@ -55,16 +55,23 @@ def _family(denoiser: torch.nn.Module) -> tuple[type, str]:
     return StableDiffusionPipeline, "unet"
 
 
+def _encoder_prefixes(text_encoders: list[torch.nn.Module]) -> list[str]:
+    """The key prefixes of the text encoders' adapters, in the pipeline's order: ``text_encoder`` and, for the
+    SD3 family's second CLIP, ``text_encoder_2``."""
+    return ["text_encoder", "text_encoder_2"][: len(text_encoders)]
+
+
 def save_lora(
     folder: Path,
     base_model: str,
     denoiser: torch.nn.Module,
-    text_encoder: torch.nn.Module | None,
+    text_encoders: list[torch.nn.Module],
     rank: int,
     alpha: float | None,
 ) -> None:
     """The adapters in diffusers' LoRA format (the UNet's, or a flow-matching transformer's under
-    ``transformer.``), with a note of the base model they were trained on."""
+    ``transformer.``; those of the trained text encoders, if any, under ``text_encoder.`` and
+    ``text_encoder_2.``), with a note of the base model they were trained on."""
     from diffusers.training_utils import _collate_lora_metadata
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -72,30 +79,28 @@ def save_lora(
     pipeline, part = _family(denoiser)
 
     def layers(model):
-        if model is None:
-            return None
         state = get_peft_model_state_dict(model, save_embedding_layers=False)
         # SD 1.x's loader reads the UNet's attention adapters in diffusers' older names (to_q.lora.down);
         # SD3's reads peft's own (to_q.lora_A), which is what its training script saves
         return convert_state_dict_to_diffusers(state) if part == "unet" else state
 
+    models = {part: denoiser} | dict(zip(_encoder_prefixes(text_encoders), text_encoders))
     pipeline.save_lora_weights(
         folder,
-        **{f"{part}_lora_layers": layers(denoiser)},
-        text_encoder_lora_layers=layers(text_encoder),
+        **{f"{name}_lora_layers": layers(model) for name, model in models.items()},
         safe_serialization=True,
-        **_collate_lora_metadata({part: denoiser, "text_encoder": text_encoder}),  # alpha: else read back as rank
+        **_collate_lora_metadata(models),  # alpha: else read back as rank
     )
     write_text_atomic(
         folder / BASE, json.dumps({"base_model": base_model, "rank": rank, "alpha": alpha or rank}, indent=2)
     )
 
 
-def _text_encoder_mismatch(state: dict, text_encoder: torch.nn.Module | None) -> str | None:
+def _text_encoder_mismatch(state: dict, text_encoders: list[torch.nn.Module]) -> str | None:
     """Loading copies whichever half is saved and skips the other without a word, so a run resumed
     with the other text-encoder choice would go on from adapters it never loaded."""
     saved = any(k.startswith("text_encoder.") for k in state)
-    if saved == (text_encoder is not None):
+    if saved == bool(text_encoders):
         return None
     return (
         "it holds text-encoder adapters and this run trains none"
@@ -104,7 +109,7 @@ def _text_encoder_mismatch(state: dict, text_encoder: torch.nn.Module | None) ->
     )
 
 
-def load_adapters(folder: Path, denoiser: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
+def load_adapters(folder: Path, denoiser: torch.nn.Module, text_encoders: list[torch.nn.Module]) -> None:
     """Copy the adapters saved in ``folder`` into models that already carry adapters of the same shape
     (in place, so an optimizer holding those parameters keeps working)."""
     from diffusers.training_utils import _set_state_dict_into_text_encoder
@@ -117,12 +122,12 @@ def load_adapters(folder: Path, denoiser: torch.nn.Module, text_encoder: torch.n
     own = convert_unet_state_dict_to_peft(
         {k.removeprefix(f"{part}."): v for k, v in state.items() if k.startswith(f"{part}.")}
     )
-    problem = _text_encoder_mismatch(state, text_encoder)
+    problem = _text_encoder_mismatch(state, text_encoders)
     if problem is None:
         try:
             unexpected = set_peft_model_state_dict(denoiser, own, adapter_name="default").unexpected_keys
-            if text_encoder is not None:
-                _set_state_dict_into_text_encoder(state, prefix="text_encoder.", text_encoder=text_encoder)
+            for prefix, encoder in zip(_encoder_prefixes(text_encoders), text_encoders):
+                _set_state_dict_into_text_encoder(state, prefix=f"{prefix}.", text_encoder=encoder)
             problem = f"{unexpected[0]} is unknown here" if unexpected else None
         except RuntimeError as err:  # torch's size-mismatch report
             problem = str(err).strip().splitlines()[-1].strip()
@@ -139,10 +144,11 @@ def adapters_only_checkpoints(accelerator, base_model: str, rank: int, alpha: fl
     UNet (1.6 GiB of fp16 weights on SD 1.5) or transformer next to a few MB of what was actually trained."""
     from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
-    def split(models: list) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    def split(models: list) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+        """The denoiser, and the text encoders in the order the trainer prepared them."""
         unwrapped = [accelerator.unwrap_model(m) for m in models]
         denoiser = next(m for m in unwrapped if isinstance(m, (UNet2DConditionModel, SD3Transformer2DModel)))
-        return denoiser, next((m for m in unwrapped if m is not denoiser), None)
+        return denoiser, [m for m in unwrapped if m is not denoiser]
 
     def save(models: list, weights: list, output_dir: str) -> None:
         save_lora(Path(output_dir), base_model, *split(models), rank, alpha)
@@ -187,8 +193,7 @@ def _target_shapes(folder: Path) -> dict[str, tuple[int, int]]:
 
 def check_fits(pipe, folder: Path) -> None:
     """Fail with one line if the adapters were trained on a base of another shape."""
-    parts = (("unet", getattr(pipe, "unet", None)), ("transformer", getattr(pipe, "transformer", None)))
-    parts += (("text_encoder", pipe.text_encoder),)
+    parts = [(name, getattr(pipe, name, None)) for name in ("unet", "transformer", "text_encoder", "text_encoder_2")]
     modules = {part: dict(model.named_modules()) for part, model in parts if model is not None}
     for name, (d_out, d_in) in _target_shapes(folder).items():
         part, _, path = name.partition(".")

@@ -201,6 +201,7 @@ class BaseTrainer:
         cfg, acc = self.config, self.accelerator
         started = time.perf_counter()
         models = [getattr(pipe, "unet", None) or pipe.transformer, pipe.text_encoder]
+        models += [pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) is not None else []
         modes = [m.training for m in models]
         for model in models:
             model.eval()

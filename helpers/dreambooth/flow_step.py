@@ -5,7 +5,9 @@ The same three parts as the UNet's step (``helpers.dreambooth.step``), with flow
 1. ``draw_flow_batch``: which photos, as many class images, their u (``--weighting_scheme``), the noise,
    and the timesteps and sigmas at u, all from one generator;
 2. the prompts' encodings, computed once by ``prepare_flow_data`` with the pipeline's own ``encode_prompt``
-   (the CLIP encoders' hidden states and pooled outputs, and T5's tokens where the model has T5);
+   (the CLIP encoders' hidden states and pooled outputs, and T5's tokens where the model has T5); with
+   ``--train_text_encoder`` the two CLIP encoders run again at every step with gradients
+   (``clip_encodings``, written out), and only T5's tokens come from the cache;
 3. ``flow_dreambooth_step``: the latents on the straight path, the transformer's output, and the two
    halves of the loss as diffusers' ``train_dreambooth_lora_sd3.py`` takes them (``helpers.diffusion.flow``):
    instance + ``prior_loss_weight`` x prior, each the mean of its rows' weighted squared errors.
@@ -32,6 +34,8 @@ class FlowDreamBoothData:
     instance_latents: torch.Tensor
     instance_embeds: torch.Tensor
     instance_pooled: torch.Tensor
+    instance_prompts: list[str]
+    class_prompt: str | None = None
     class_latents: torch.Tensor | None = None
     class_embeds: torch.Tensor | None = None
     class_pooled: torch.Tensor | None = None
@@ -67,11 +71,37 @@ def prepare_flow_data(
 ) -> FlowDreamBoothData:
     """The photos and class images through the VAE once, the prompts through the text encoders once."""
     embeds, pooled = encode_prompts(pipe, instance_prompts, max_sequence_length)
-    data = FlowDreamBoothData(encode_latents(pipe.vae, instance_images, resolution), embeds, pooled)
+    data = FlowDreamBoothData(encode_latents(pipe.vae, instance_images, resolution), embeds, pooled, instance_prompts)
     if class_images:
         data.class_latents = encode_latents(pipe.vae, class_images, resolution)
         data.class_embeds, data.class_pooled = encode_prompts(pipe, [class_prompt], max_sequence_length)
+        data.class_prompt = class_prompt
     return data
+
+
+def clip_encodings(
+    tokenizers: list, text_encoders: list[torch.nn.Module], prompts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLIP half of SD3's prompt encoding, with gradients: each encoder's penultimate hidden states,
+    side by side (the first encoder's features, then the second's), and their pooled outputs side by side.
+
+    ``StableDiffusion3Pipeline.encode_prompt`` computes the same, then pads the features to T5's width and
+    puts T5's tokens after CLIP's 77 (``with_t5``)."""
+    features, pooled = [], []
+    for tokenizer, encoder in zip(tokenizers, text_encoders):
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        features.append(out.hidden_states[-2])
+        pooled.append(out[0])  # the projected pooled output (CLIPTextModelWithProjection's text_embeds)
+    return torch.cat(features, dim=-1), torch.cat(pooled, dim=-1)
+
+
+def with_t5(clip_features: torch.Tensor, t5_tokens: torch.Tensor) -> torch.Tensor:
+    """The transformer's text tokens: CLIP's features zero-padded to T5's width, then T5's tokens."""
+    padded = torch.nn.functional.pad(clip_features, (0, t5_tokens.shape[-1] - clip_features.shape[-1]))
+    return torch.cat([padded, t5_tokens.to(padded.dtype)], dim=-2)
 
 
 def draw_flow_batch(
@@ -96,14 +126,25 @@ def draw_flow_batch(
     return FlowBatch(idx, cls_idx, latents, noise, timesteps, sigmas)
 
 
-def batch_condition(data: FlowDreamBoothData, batch: FlowBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The encodings of the batch's prompts: each photo's own, then the class prompt's for every class row."""
+def batch_condition(
+    data: FlowDreamBoothData, batch: FlowBatch, text_encoding: tuple[list, list[torch.nn.Module]] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encodings of the batch's prompts: each photo's own, then the class prompt's for every class row.
+
+    ``text_encoding`` (the CLIP tokenizers and the encoders being trained): the rows' prompts through them
+    now, with gradients, and T5's tokens from the cache; None: all from the cache."""
     rows = batch.instance_index.to(data.instance_embeds.device)
     embeds, pooled = [data.instance_embeds[rows]], [data.instance_pooled[rows]]
+    prompts = [data.instance_prompts[i] for i in batch.instance_index.tolist()]
     if len(batch.class_index):
         embeds.append(data.class_embeds.expand(len(batch.class_index), -1, -1))
         pooled.append(data.class_pooled.expand(len(batch.class_index), -1))
-    return torch.cat(embeds), torch.cat(pooled)
+        prompts += [data.class_prompt] * len(batch.class_index)
+    cached, cached_pooled = torch.cat(embeds), torch.cat(pooled)
+    if text_encoding is None:
+        return cached, cached_pooled
+    features, fresh_pooled = clip_encodings(*text_encoding, prompts)
+    return with_t5(features, cached[:, features.shape[1] :].to(features.device)), fresh_pooled
 
 
 def flow_dreambooth_step(
@@ -116,16 +157,19 @@ def flow_dreambooth_step(
     prior_loss_weight: float = 1.0,
     precondition_outputs: bool = False,
     autocast: contextlib.AbstractContextManager | None = None,
+    text_encoding: tuple[list, list[torch.nn.Module]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of one batch, and its two halves: ``(loss, {"instance_loss": ..., "prior_loss": ...})``.
 
-    ``autocast`` is the trainer's mixed precision, around the transformer's call only; the loss is float32."""
+    ``autocast`` is the trainer's mixed precision, around the models' calls only; the loss is float32.
+    ``text_encoding``: the CLIP tokenizers and encoders that train with ``--train_text_encoder``
+    (``batch_condition``)."""
     batch = draw_flow_batch(data, noise_scheduler, objective, batch_size, generator)
     device = next(transformer.parameters()).device
     x0, noise, sigmas = (t.to(device) for t in (batch.latents, batch.noise, batch.sigmas))
     noisy = on_path(x0, noise, sigmas)
-    embeds, pooled = (t.to(device) for t in batch_condition(data, batch))
     with autocast or contextlib.nullcontext():
+        embeds, pooled = (t.to(device) for t in batch_condition(data, batch, text_encoding))
         output = transformer(
             hidden_states=noisy,
             timestep=batch.timesteps.to(device),

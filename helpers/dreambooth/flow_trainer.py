@@ -3,9 +3,11 @@
 It follows diffusers' ``examples/dreambooth/train_dreambooth_lora_sd3.py`` (its flags, its loss, its LoRA
 targets and file) on the course's one loop and settings: the step is ``helpers.dreambooth.flow_step``;
 checkpoints, resume, validation samples, the model card and the hub push come from ``helpers.dreambooth.base``,
-which the UNet trainer shares. The text encoders and the VAE stay frozen, so the
+which the UNet trainer shares. The VAE and T5 stay frozen, so the
 photos, class images and prompts are encoded once before the first step (the SD3 script's
-``--cache_latents``, always on here, and its cached prompt embeddings).
+``--cache_latents``, always on here, and its cached prompt embeddings); with ``--train_text_encoder`` the
+two CLIP encoders train too (LoRA adapters on their attention projections, as the SD3 script adds them, or
+every weight in a full fine-tune) and encode the batch's prompts at every step.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from helpers.core.folders import staged
 from helpers.diffusion.flow import FlowObjective
 from helpers.diffusion.latents import vae_scale_factor
 from helpers.diffusion.loading import absent_parts, loading
-from helpers.diffusion.lora import adapters_only_checkpoints, add_lora, load_lora, save_lora
+from helpers.diffusion.lora import TEXT_ENCODER_TARGETS, adapters_only_checkpoints, add_lora, load_lora, save_lora
 from helpers.diffusion.profiles import model_family, profile_for_model
 from helpers.dreambooth.base import BaseTrainer
 from helpers.dreambooth.flow_step import FlowDreamBoothData, flow_dreambooth_step, prepare_flow_data
@@ -40,7 +42,6 @@ SD3_MAX_SEQUENCE_LENGTH = 77  # the SD3 script's default T5 tokens, where the pr
 UNET_ONLY = {
     "snr_gamma": "min-SNR weights DDPM's noise loss; a flow-matching model weights by --weighting_scheme",
     "offset_noise": "offset noise shifts DDPM's noise; flow matching draws plain Gaussian noise",
-    "train_text_encoder": "the trainer keeps the text encoders of a flow-matching model frozen for now",
     "output_kohya_format": "the kohya export reads the UNet's LoRA keys; a flow-matching LoRA has none",
 }
 
@@ -84,10 +85,14 @@ class FlowTrainer(BaseTrainer):
         self.transformer, self.vae, self.tokenizer = self.pipe.transformer, self.pipe.vae, self.pipe.tokenizer
         self.text_encoder = self.pipe.text_encoder  # for the UNet trainer's validation, which sets its mode
         self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
-        encoders = [self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3]
-        frozen = [self.vae, *(e for e in encoders if e is not None)]
-        if cfg.lora_rank:
-            frozen.append(self.transformer)
+        pipe = self.pipe
+        self.clip_tokenizers = [t for t in (pipe.tokenizer, pipe.tokenizer_2) if t is not None]
+        self.clips = [e for e in (pipe.text_encoder, pipe.text_encoder_2) if e is not None]
+        trains_clips = cfg.train_text_encoder
+        frozen = [self.vae] + ([pipe.text_encoder_3] if pipe.text_encoder_3 is not None else [])
+        frozen += [] if trains_clips else self.clips
+        if cfg.lora_rank:  # with LoRA the base weights are frozen too; only the adapters train
+            frozen += [self.transformer] + (self.clips if trains_clips else [])
         cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
         for part in frozen:
             part.requires_grad_(False)
@@ -98,10 +103,14 @@ class FlowTrainer(BaseTrainer):
                 add_lora(
                     self.transformer, cfg.lora_rank, cfg.lora_alpha, lora_targets(cfg.lora_layers, cfg.lora_blocks)
                 )
-        else:
-            self.transformer.to(acc.device)
+                for clip in self.clips if trains_clips else []:
+                    add_lora(clip, cfg.lora_rank, cfg.lora_alpha, TEXT_ENCODER_TARGETS)
+        for model in [self.transformer] + (self.clips if trains_clips else []):
+            model.to(acc.device)  # trained weights and adapters in fp32
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+            for clip in self.clips if trains_clips else []:
+                clip.gradient_checkpointing_enable()
         profile = profile_for_model(cfg.pretrained_model_name_or_path)
         self.resolution = cfg.resolution or self.transformer.config.sample_size * vae_scale_factor(self.vae.config)
         self.guidance_scale = profile.guidance_scale
@@ -139,16 +148,26 @@ class FlowTrainer(BaseTrainer):
         return self.data
 
     def _trained(self) -> tuple[list[torch.nn.Module], list[dict]]:
-        params = [p for p in self.transformer.parameters() if p.requires_grad]
-        return [self.transformer], [{"params": params, "lr": self.config.learning_rate}]
+        """The transformer, and with ``--train_text_encoder`` each CLIP encoder at ``--text_encoder_lr``."""
+        cfg = self.config
+        trained = [self.transformer] + (self.clips if cfg.train_text_encoder else [])
+        rates = [cfg.learning_rate] + [cfg.text_encoder_lr or cfg.learning_rate] * (len(trained) - 1)
+        groups = [
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}
+            for model, lr in zip(trained, rates)
+        ]
+        return trained, groups
 
     def _on_prepared(self, models: list[torch.nn.Module]) -> None:
         cfg, acc = self.config, self.accelerator
-        self.transformer = models[0]
+        self.transformer, trained_clips = models[0], models[1:]
+        if trained_clips:
+            self.clips = trained_clips
         if cfg.lora_rank:  # a LoRA run's checkpoints hold its adapters, not the whole transformer
             adapters_only_checkpoints(acc, self._lora_base(), cfg.lora_rank, cfg.lora_alpha)
-        else:  # checkpoint-N/transformer loads with from_pretrained
-            pretrained_checkpoints(acc, {"transformer": acc.unwrap_model(self.transformer)})
+        else:  # checkpoint-N/transformer (and text_encoder/, text_encoder_2/) load with from_pretrained
+            names = ("transformer", "text_encoder", "text_encoder_2")
+            pretrained_checkpoints(acc, {n: acc.unwrap_model(m) for n, m in zip(names, models)})
 
     def _step_loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``flow_step.flow_dreambooth_step`` on the prepared transformer, with the generator of
@@ -164,6 +183,7 @@ class FlowTrainer(BaseTrainer):
             cfg.prior_loss_weight,
             self.precondition_outputs,
             acc.autocast(),
+            (self.clip_tokenizers, self.clips) if cfg.train_text_encoder else None,
         )
 
     # ----------------------------------------------------------------- output
@@ -174,8 +194,9 @@ class FlowTrainer(BaseTrainer):
         validate = cfg.validation_prompt and cfg.max_train_steps % cfg.validation_steps != 0
         transformer = acc.unwrap_model(self.transformer)
         if cfg.lora_rank:
+            clips = [acc.unwrap_model(m) for m in self.clips] if cfg.train_text_encoder else []
             with staged(self.output_dir) as stage:  # a full disk leaves the earlier output whole
-                save_lora(stage, self._lora_base(), transformer, None, cfg.lora_rank, cfg.lora_alpha)
+                save_lora(stage, self._lora_base(), transformer, clips, cfg.lora_rank, cfg.lora_alpha)
             if validate:
                 self._validate(load_lora(self._pipeline(), self.output_dir), cfg.max_train_steps)
             return
@@ -192,6 +213,10 @@ class FlowTrainer(BaseTrainer):
         """The loaded pipeline around the transformer being trained (no copy), with a fresh sampling scheduler."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        self.pipe.transformer = self.accelerator.unwrap_model(self.transformer)
+        acc = self.accelerator
+        self.pipe.transformer = acc.unwrap_model(self.transformer)
+        if self.config.train_text_encoder:
+            for name, clip in zip(("text_encoder", "text_encoder_2"), self.clips):
+                setattr(self.pipe, name, acc.unwrap_model(clip))
         self.pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.noise_scheduler.config)
         return self.pipe

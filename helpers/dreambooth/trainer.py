@@ -160,10 +160,10 @@ class Trainer(BaseTrainer):
         acc, cfg = self.accelerator, self.config
         validate = cfg.validation_prompt and cfg.max_train_steps % cfg.validation_steps != 0
         if cfg.lora_rank:
-            text_encoder = acc.unwrap_model(self.text_encoder) if cfg.train_text_encoder else None
+            text_encoders = [acc.unwrap_model(self.text_encoder)] if cfg.train_text_encoder else []
             unet = acc.unwrap_model(self.unet)
             with staged(self.output_dir) as stage:  # a full disk leaves the earlier output whole
-                save_lora(stage, self._lora_base(), unet, text_encoder, cfg.lora_rank, cfg.lora_alpha)
+                save_lora(stage, self._lora_base(), unet, text_encoders, cfg.lora_rank, cfg.lora_alpha)
             if validate:
                 self._validate(load_lora(self._pipeline(), self.output_dir), cfg.max_train_steps)
             return

@@ -110,6 +110,45 @@ def test_one_generator_draws_one_batch_and_the_weighting_scheme_moves_the_timest
     assert ((draws[0].sigmas >= 0) & (draws[0].sigmas <= 1)).all()
 
 
+def _clip_grads(pipe, data, batch) -> list[torch.Tensor]:
+    """The encodings of ``batch`` through the CLIP encoders by hand, against the cache; their gradients."""
+    clips = [pipe.text_encoder, pipe.text_encoder_2]
+    for clip in clips:
+        clip.requires_grad_(True)
+        clip.zero_grad()
+    cached = flow_step.batch_condition(data, batch)
+    fresh = flow_step.batch_condition(data, batch, ([pipe.tokenizer, pipe.tokenizer_2], clips))
+    for a, b in zip(fresh, cached):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    (fresh[0].sum() + fresh[1].sum()).backward()
+    grads = [p.grad for clip in clips for p in clip.parameters() if p.grad is not None]
+    for clip in clips:
+        clip.requires_grad_(False)
+    return grads
+
+
+def test_the_clip_encodings_by_hand_are_the_cached_ones_and_carry_gradients(pipe, images):
+    data = _data(pipe, images)
+    batch = flow_step.draw_flow_batch(data, _scheduler(pipe), FlowObjective(), 2, torch.Generator().manual_seed(1))
+    features, pooled = flow_step.clip_encodings([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder] * 2, [CLASS])
+    width = pipe.text_encoder.config.hidden_size
+    assert features.shape == (1, pipe.tokenizer.model_max_length, 2 * width) and torch.equal(
+        features[..., :width], features[..., width:]
+    )
+    grads = _clip_grads(pipe, data, batch)
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_on_the_sd35_shaped_model_the_trained_clips_sit_before_the_cached_t5_tokens(sd3_folders, images):
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_folders.fp32)
+    data = _data(pipe, images, max_sequence_length=16)
+    batch = flow_step.draw_flow_batch(data, _scheduler(pipe), FlowObjective(), 1, torch.Generator().manual_seed(0))
+    features, _ = flow_step.clip_encodings([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder] * 2, [CLASS])
+    joined = flow_step.with_t5(features, data.class_embeds[:, features.shape[1] :])
+    assert joined.shape == data.class_embeds.shape and (joined[..., features.shape[-1] :][:, :77] == 0).all()
+    assert _clip_grads(pipe, data, batch)
+
+
 def test_on_the_sd35_shaped_model_the_step_reads_t5_and_trains_the_transformer(sd3_folders, images):
     pipe = StableDiffusion3Pipeline.from_pretrained(sd3_folders.fp32)
     data = _data(pipe, images, max_sequence_length=16)

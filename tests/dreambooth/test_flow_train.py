@@ -90,6 +90,34 @@ def test_lora_goes_on_the_sd3_scripts_projections_and_loads_back_exactly_with_lo
     assert torch.allclose(loaded, trained, atol=1e-5) and not torch.allclose(loaded, before, atol=1e-3)
 
 
+def _clip_output(pipe, name: str) -> torch.Tensor:
+    ids = pipe.tokenizer("a photo of sks dog", return_tensors="pt").input_ids
+    with torch.no_grad():
+        return getattr(pipe, name)(ids, output_hidden_states=True).hidden_states[-2]
+
+
+def test_train_text_encoder_adds_the_sd3_scripts_clip_adapters_and_they_load_back(tmp_path):
+    trainer = FlowTrainer(
+        _config(tmp_path, lora_rank=2, learning_rate=1e-2, text_encoder_lr=1e-2, train_text_encoder=True)
+    )
+    trainer.train()
+    keys = load_file(tmp_path / "out" / WEIGHTS).keys()
+    for prefix in ("text_encoder.", "text_encoder_2."):
+        mine = [k for k in keys if k.startswith(prefix)]
+        assert {k.split(".self_attn.")[1].split(".lora")[0] for k in mine} == {"q_proj", "k_proj", "v_proj", "out_proj"}
+    pipe, base = load_pipeline(str(tmp_path / "out")), load_pipeline("toy-flow")
+    for name in ("text_encoder", "text_encoder_2"):
+        trained, loaded, before = (_clip_output(p, name) for p in (trainer.pipe, pipe, base))
+        assert torch.allclose(loaded, trained, atol=1e-5) and not torch.allclose(loaded, before, atol=1e-4)
+
+
+def test_a_full_fine_tune_with_train_text_encoder_saves_both_clips_trained(tmp_path):
+    train(_config(tmp_path, learning_rate=1e-3, train_text_encoder=True))
+    tuned, base = load_pipeline(str(tmp_path / "out")), load_pipeline("toy-flow")
+    for name in ("text_encoder", "text_encoder_2"):
+        assert not torch.allclose(_clip_output(tuned, name), _clip_output(base, name), atol=1e-5)
+
+
 def test_lora_blocks_and_layers_choose_where_the_adapters_go(tmp_path):
     assert lora_targets("attn.to_q, attn.to_v", "0,3") == [
         "transformer_blocks.0.attn.to_q",
@@ -126,8 +154,9 @@ def test_a_resumed_full_fine_tune_ends_where_an_unbroken_one_does(tmp_path, kill
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
 
 
-def test_a_lora_run_checkpoints_its_adapters_only_and_resumes_where_it_stopped(tmp_path, killed_run):
-    kw = dict(lora_rank=2, learning_rate=1e-3, max_train_steps=4, checkpointing_steps=2)
+@pytest.mark.parametrize("clips", [False, True])
+def test_a_lora_run_checkpoints_its_adapters_only_and_resumes_where_it_stopped(tmp_path, killed_run, clips):
+    kw = dict(lora_rank=2, learning_rate=1e-3, max_train_steps=4, checkpointing_steps=2, train_text_encoder=clips)
     whole = train(_config(tmp_path / "whole", **kw))
     killed_run(FlowTrainer, lambda: FlowTrainer(_config(tmp_path / "cut", **kw)).train(), 3)
     checkpoint = tmp_path / "cut" / "out" / "checkpoint-2"
@@ -141,12 +170,12 @@ def test_a_lora_run_checkpoints_its_adapters_only_and_resumes_where_it_stopped(t
     [
         ("--snr_gamma=5", "--snr_gamma does not apply to"),
         ("--offset_noise", "--offset_noise does not apply to"),
-        ("--train_text_encoder", "--train_text_encoder does not apply to"),
+        ("--lora_rank=4 --output_kohya_format", "--output_kohya_format does not apply to"),
     ],
 )
 def test_a_unet_only_flag_on_a_flow_model_is_one_line_and_writes_nothing(tmp_path, one_line_error, flag, words):
     argv = ["--pretrained_model_name_or_path=toy-flow", f"--instance_data_dir={SUBJECT}"]
-    argv += ["--instance_prompt=a photo of sks dog", f"--output_dir={tmp_path / 'out'}", flag]
+    argv += ["--instance_prompt=a photo of sks dog", f"--output_dir={tmp_path / 'out'}", *flag.split()]
     line = one_line_error(cli.main, argv)
     assert words in line and "flow-matching" in line
     assert not (tmp_path / "out").exists()
