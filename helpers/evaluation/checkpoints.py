@@ -3,19 +3,23 @@
 DreamBooth overfits within a few hundred steps (the diffusers DreamBooth blog's main advice is to
 look at samples along the way): subject fidelity climbs, then a prompt that puts the subject
 somewhere new ("a photo of sks dog in the snow") is followed less and less, as the model redraws
-its training photos whatever the prompt says. Each ``checkpoint-N`` of a run holds a UNet (and a
-text encoder, when it was trained) that ``from_pretrained`` loads (``helpers.training.loop``), so
+its training photos whatever the prompt says. Each ``checkpoint-N`` of a run holds a UNet or a
+flow-matching transformer (and the text encoders, when they were trained) that ``from_pretrained`` loads
+(``helpers.training.loop``), or a LoRA run's adapters that ``load_lora_weights`` loads, so
 every step can be scored as the final model is: subject fidelity, PRES and DIV
 (``helpers.evaluation.evaluate``), and the fidelity of a new-context prompt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 from helpers.diffusion.generate import generate_images
+from helpers.diffusion.lora import is_lora_folder
 from helpers.evaluation import metrics
 from helpers.evaluation.evaluate import Scorers
 from helpers.training.loop import checkpoints
@@ -27,21 +31,36 @@ def checkpoint_steps(output_dir: str | Path) -> list[int]:
 
 
 def with_checkpoint(base, output_dir: str | Path, step: int):
-    """``base`` with the UNet (and text encoder, if that run trained it) of ``checkpoint-step``, at
-    ``base``'s device and dtype; ``base`` itself is left as it was (step 0 is ``base``)."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
-
+    """``base`` with the UNet or transformer (and text encoders, if that run trained them) of a full
+    fine-tune's ``checkpoint-step``, at ``base``'s device and dtype; ``base`` itself is left as it was
+    (step 0 is ``base``)."""
     if step == 0:
         return base
     folder = Path(output_dir) / f"checkpoint-{step}"
     pipe = copy.copy(base)  # a shallow copy: the same VAE, tokenizer and scheduler
-    kw = dict(device=base.unet.device, dtype=base.unet.dtype)
-    parts = {"unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet").to(**kw)}
-    if (folder / "text_encoder").is_dir():
-        parts["text_encoder"] = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").to(**kw)
-    pipe.register_modules(**parts)
+    denoiser = "unet" if getattr(base, "unet", None) is not None else "transformer"
+    kw = dict(device=getattr(base, denoiser).device, dtype=getattr(base, denoiser).dtype)
+    names = [denoiser] + [n for n in ("text_encoder", "text_encoder_2") if (folder / n).is_dir()]
+    pipe.register_modules(
+        **{name: type(getattr(base, name)).from_pretrained(folder, subfolder=name).to(**kw) for name in names}
+    )
     return pipe
+
+
+@contextlib.contextmanager
+def checkpoint_pipeline(base, output_dir: str | Path, step: int) -> Iterator:
+    """``base`` as ``checkpoint-step`` of a run left it, for the time of the ``with`` block: a full
+    fine-tune's models in a shallow copy of ``base`` (``with_checkpoint``), or a LoRA run's adapters
+    loaded into ``base`` itself and unloaded after, so that no second copy of a large model is needed."""
+    folder = Path(output_dir) / f"checkpoint-{step}"
+    if step == 0 or not is_lora_folder(folder):
+        yield with_checkpoint(base, output_dir, step)
+        return
+    base.load_lora_weights(str(folder))
+    try:
+        yield base
+    finally:
+        base.unload_lora_weights()
 
 
 def score_checkpoint(
@@ -73,9 +92,8 @@ def score_run(base, output_dir: str | Path, scorers: Scorers, photos, prompts: d
     ``kw``: ``num_samples``, ``seed`` and ``sample_kw``, the same for every step (paired samples)."""
     rows = []
     for step in checkpoint_steps(output_dir):
-        pipe = with_checkpoint(base, output_dir, step)
-        rows.append({"step": step} | score_checkpoint(pipe, scorers, photos, prompts, **kw))
-        del pipe  # one checkpoint's UNet in memory at a time
+        with checkpoint_pipeline(base, output_dir, step) as pipe:  # one checkpoint's models at a time
+            rows.append({"step": step} | score_checkpoint(pipe, scorers, photos, prompts, **kw))
     return rows
 
 

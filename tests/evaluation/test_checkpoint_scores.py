@@ -67,3 +67,59 @@ def test_the_step_to_keep_is_the_best_subject_before_the_prompt_is_dropped():
     mean = mean_rows([rows[:2], [dict(r, subject_fidelity=0.5) for r in rows[:2]]])
     assert [r["step"] for r in mean] == [0, 100] and [r["context_fidelity"] for r in mean] == [1.0, 0.9]
     assert [r["subject_fidelity"] for r in mean] == pytest.approx([0.6, 0.675])
+
+
+def _flow_run(out, **kw):
+    train(
+        TrainConfig(
+            pretrained_model_name_or_path="toy-flow",
+            instance_data_dir=str(SUBJECT),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(out),
+            max_train_steps=4,
+            checkpointing_steps=2,
+            progress=False,
+            **kw,
+        )
+    )
+    return out
+
+
+def _velocity(transformer) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x, text, pooled = (
+        torch.randn(1, 8, 16, 16, generator=g),
+        torch.randn(1, 8, 192, generator=g),
+        torch.randn(1, 192, generator=g),
+    )
+    with torch.no_grad():
+        return transformer(
+            hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text, pooled_projections=pooled
+        ).sample
+
+
+def test_a_flow_lora_checkpoint_loads_its_adapters_for_the_block_and_unloads_them_after(tmp_path):
+    from helpers.diffusion.profiles import load_pipeline
+    from helpers.evaluation.checkpoints import checkpoint_pipeline
+
+    run = _flow_run(tmp_path / "lora", lora_rank=2, learning_rate=1e-2, train_text_encoder=True)
+    base, final = load_pipeline("toy-flow"), load_pipeline(str(run))
+    before = _velocity(base.transformer)
+    with checkpoint_pipeline(base, run, 4) as pipe:
+        torch.testing.assert_close(_velocity(pipe.transformer), _velocity(final.transformer))
+    assert torch.equal(_velocity(base.transformer), before) and not any(
+        "lora" in n for n, _ in base.transformer.named_modules()
+    )
+    prompts = {"instance": "a photo of sks dog", "class": "a photo of dog", "context": "a photo of sks dog in the snow"}
+    kw = dict(num_samples=2, seed=0, sample_kw=dict(num_inference_steps=2, max_sequence_length=0))
+    assert [r["step"] for r in score_run(base, run, toy_scorers(), load_image_folder(SUBJECT), prompts, **kw)] == [2, 4]
+
+
+def test_a_full_flow_checkpoint_swaps_in_its_transformer(tmp_path):
+    from helpers.diffusion.profiles import load_pipeline
+
+    run = _flow_run(tmp_path / "full", learning_rate=1e-3)
+    base, final = load_pipeline("toy-flow"), load_pipeline(str(run))
+    pipe = with_checkpoint(base, run, 4)
+    assert pipe.transformer is not base.transformer and pipe.vae is base.vae
+    torch.testing.assert_close(_velocity(pipe.transformer), _velocity(final.transformer))
