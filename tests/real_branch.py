@@ -31,10 +31,11 @@ NOTEBOOKS = [
     "07_lora_dreambooth",
     "08_super_resolution_finetune",
     "11_flow_matching",
+    "12_flow_lora_dreambooth",
 ]
 MODEL_PATHS = {"08_super_resolution_finetune": 'X4["upscaler"]["ci"] = FIXTURE.upscaler'}
 # The fixture each notebook's real branch runs on (``sd_shaped`` unless named here), and the profile it checks.
-FIXTURES = {"11_flow_matching": "sd3_shaped"}
+FIXTURES = {"11_flow_matching": "sd3_shaped", "12_flow_lora_dreambooth": "sd3_shaped"}
 REAL_PROFILES = {"sd_shaped": "sd15", "sd3_shaped": "sd35"}
 
 

@@ -113,10 +113,13 @@ T5_MAX_LENGTH = 512  # T5's; the pipeline pads and truncates to its own max_sequ
 
 @dataclass(frozen=True)
 class Folders:
-    """What ``build`` writes: the SD3-shaped pipeline in fp32 and saved in fp16 (plain file names)."""
+    """What ``build`` writes: the SD3-shaped pipeline in fp32 and saved in fp16 (plain file names), and the
+    tiny DINO and CLIP scorers of ``sd_shaped`` beside it."""
 
     fp32: Path
     fp16: Path
+    dino: Path
+    clip: Path
 
 
 def t5_tokenizer() -> T5TokenizerFast:
@@ -237,7 +240,9 @@ def pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusion3Pipeline:
 def build(root: Path, size: str = "tiny") -> Folders:
     """Write the SD3-shaped pipeline in fp32 and in fp16 (plain file names, as the hub's copy)."""
     root = Path(root)
-    folders = Folders(fp32=root / "sd3-fp32", fp16=root / "sd3-fp16")
+    folders = Folders(*(root / name for name in ("sd3-fp32", "sd3-fp16", "dino", "clip")))
+    sd_shaped.dino(folders.dino, size)
+    sd_shaped.clip(folders.clip, size)
     pipe = pipeline(size)
     pipe.save_pretrained(folders.fp32)
     pipe.to(torch.float16).save_pretrained(folders.fp16)
@@ -246,8 +251,8 @@ def build(root: Path, size: str = "tiny") -> Folders:
 
 def cpu_profile(folders: Folders, resolution: int = 64):
     """The sd35 profile as a Colab learner gets it, moved to the CPU and onto the tiny model: the fp16-saved
-    folder sampled in fp16, bf16 mixed precision for training (the CPU has no fp16 training), and 16 T5
-    tokens (the pipeline's 256 would only slow the CPU); only sizes shrink."""
+    folder sampled in fp16, the tiny scorers, bf16 mixed precision for training (the CPU has no fp16
+    training), and 16 T5 tokens (the pipeline's 256 would only slow the CPU); only sizes shrink."""
     from dataclasses import replace
 
     from helpers.diffusion.profiles import SD35
@@ -260,4 +265,6 @@ def cpu_profile(folders: Folders, resolution: int = 64):
         num_inference_steps=3,
         mixed_precision="bf16",
         max_sequence_length=16,
+        dino_model=str(folders.dino),
+        clip_model=str(folders.clip),
     )

@@ -9,7 +9,9 @@ LoRA format, which ``pipe.load_lora_weights(folder)`` reads into any pipeline bu
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -213,3 +215,14 @@ def load_lora(pipe, folder: Path):
     check_fits(pipe, folder)
     pipe.load_lora_weights(str(folder))
     return pipe
+
+
+@contextlib.contextmanager
+def loaded(pipe, folder: Path) -> Iterator:
+    """``pipe`` with the adapters of ``folder`` for the time of the ``with`` block, then without them again:
+    one copy of a large base scores several LoRA runs or checkpoints in turn."""
+    load_lora(pipe, folder)
+    try:
+        yield pipe
+    finally:
+        pipe.unload_lora_weights()

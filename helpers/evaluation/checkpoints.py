@@ -18,8 +18,8 @@ import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
+from helpers.diffusion import lora
 from helpers.diffusion.generate import generate_images
-from helpers.diffusion.lora import is_lora_folder
 from helpers.evaluation import metrics
 from helpers.evaluation.evaluate import Scorers
 from helpers.training.loop import checkpoints
@@ -53,14 +53,11 @@ def checkpoint_pipeline(base, output_dir: str | Path, step: int) -> Iterator:
     fine-tune's models in a shallow copy of ``base`` (``with_checkpoint``), or a LoRA run's adapters
     loaded into ``base`` itself and unloaded after, so that no second copy of a large model is needed."""
     folder = Path(output_dir) / f"checkpoint-{step}"
-    if step == 0 or not is_lora_folder(folder):
+    if step == 0 or not lora.is_lora_folder(folder):
         yield with_checkpoint(base, output_dir, step)
         return
-    base.load_lora_weights(str(folder))
-    try:
-        yield base
-    finally:
-        base.unload_lora_weights()
+    with lora.loaded(base, folder) as pipe:
+        yield pipe
 
 
 def score_checkpoint(
