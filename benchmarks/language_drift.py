@@ -2,7 +2,8 @@
 
     python benchmarks/language_drift.py --seeds 0 1 2 [--identifier sks] [--train_text_encoder [--text_encoder_lr 1e-3]]
         [--prior_loss_weight 1.0] [--use_8bit_adam] [--sample_sets 4]
-    python benchmarks/language_drift.py --model toy-flow [--lora_rank 8 --learning_rate 1e-3]
+    python benchmarks/language_drift.py --model toy-flow [--lora_rank 16 --learning_rate 2e-3 --steps 200]
+        (the toy flow model's LoRA recipe, notebook 12's)
 
 For each seed, two DreamBooth runs that differ only in --with_prior_preservation, on the toy SD or the toy
 flow model (``--model``), with notebooks 05's recipe on the toy (class images drawn unguided, the text

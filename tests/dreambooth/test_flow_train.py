@@ -211,3 +211,12 @@ def test_a_flow_lora_does_not_load_into_sd_and_says_so_in_one_line(tmp_path):
         check_fits(load_pipeline("toy"), tmp_path / "out")
     assert "\n" not in str(err.value)
     assert json.loads((tmp_path / "out" / "lora_base.json").read_text())["rank"] == 2
+
+
+def test_an_sd_lora_does_not_load_into_a_flow_model_and_says_so_in_one_line(tmp_path):
+    from helpers.core.errors import UsageError
+
+    train(_config(tmp_path, pretrained_model_name_or_path="toy", lora_rank=2))
+    with pytest.raises(UsageError, match="does not fit this pipeline: unet.") as err:
+        check_fits(load_pipeline("toy-flow"), tmp_path / "out")
+    assert "\n" not in str(err.value) and "trained on 'toy'" in str(err.value)
