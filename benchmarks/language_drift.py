@@ -173,8 +173,12 @@ def main() -> None:
         print(f"seed {seed}: DIV with / base {w['div'] / base['div']:.2f}; {json.dumps(_checks(base, w, wo))}")
     ceiling = fidelity_ceiling(toy_scorers(), photos, new_subject_photos(args.subject, 24, seed=7), vae=base_pipe.vae)
     for name in ("with", "without"):
-        share = statistics.mean(r["subject_fidelity"] for r in results[name]) / ceiling["through_vae"]
-        print(f"{name} prior preservation: subject fidelity {share:.3f} of the ceiling through the VAE")
+        shares = [r["subject_fidelity"] / ceiling["through_vae"] for r in results[name]]
+        per_seed = ", ".join(f"{share:.3f}" for share in shares)
+        print(
+            f"{name} prior preservation: subject fidelity {statistics.mean(shares):.3f} of the ceiling through "
+            f"the VAE (seeds {args.seeds}: {per_seed})"
+        )
     print(f"ceiling: {json.dumps({k: round(v, 4) for k, v in ceiling.items()})}")
 
 
