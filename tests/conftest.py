@@ -138,3 +138,20 @@ def data_dir(tmp_path_factory):
     from helpers.control import dataset as control_data
 
     return control_data.write_dataset(tmp_path_factory.mktemp("control") / "data", count=12, progress=False)
+
+
+def toy_flow_velocity(transformer):
+    """The toy flow transformer's output on one fixed random input: two transformers that compute the same
+    function (a trained one and the one reloaded from its files) give the same tensor."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x, text, pooled = (
+        torch.randn(1, 8, 16, 16, generator=g),
+        torch.randn(1, 24, 192, generator=g),
+        torch.randn(1, 192, generator=g),
+    )
+    with torch.no_grad():
+        return transformer(
+            hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text, pooled_projections=pooled
+        ).sample

@@ -23,7 +23,7 @@ from PIL import Image
 
 from helpers.diffusion.flow import FlowObjective, on_path, prediction_and_target, sample_losses, schedule_at
 from helpers.diffusion.latents import encode as encode_latents
-from helpers.dreambooth.step import Batch
+from helpers.dreambooth.step import Batch, cached_rows
 
 
 @dataclass
@@ -116,10 +116,7 @@ def draw_flow_batch(
     idx = torch.randint(0, len(data.instance_latents), (batch_size,), generator=generator)
     classes = data.class_latents
     cls_idx = torch.randint(0, len(classes), (batch_size,), generator=generator) if classes is not None else idx[:0]
-    parts = [data.instance_latents[idx.to(data.instance_latents.device)]]
-    if classes is not None:
-        parts.append(classes[cls_idx.to(classes.device)])
-    latents = torch.cat(parts).cpu()
+    latents = cached_rows(data.instance_latents, classes, idx, cls_idx)
     u = objective.draw_u(len(latents), generator)
     noise = torch.randn(latents.shape, generator=generator)
     timesteps, sigmas = schedule_at(noise_scheduler, u)

@@ -83,7 +83,6 @@ class FlowTrainer(BaseTrainer):
             )
         self.pipe.set_progress_bar_config(disable=True)
         self.transformer, self.vae, self.tokenizer = self.pipe.transformer, self.pipe.vae, self.pipe.tokenizer
-        self.text_encoder = self.pipe.text_encoder  # for the UNet trainer's validation, which sets its mode
         self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
         pipe = self.pipe
         self.clip_tokenizers = [t for t in (pipe.tokenizer, pipe.tokenizer_2) if t is not None]

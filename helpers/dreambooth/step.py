@@ -137,15 +137,23 @@ def draw_batch(
     return Batch(idx, cls_idx, latents, noise, timesteps)
 
 
+def cached_rows(
+    instance_latents: torch.Tensor, class_latents: torch.Tensor | None, idx: torch.Tensor, cls_idx: torch.Tensor
+) -> torch.Tensor:
+    """A batch's rows of cached latents, on the CPU: the photos' at ``idx``, then the class images' at ``cls_idx``
+    (the flow-matching step's batch too, ``helpers.dreambooth.flow_step``)."""
+    parts = [instance_latents[idx.to(instance_latents.device)]]
+    if class_latents is not None:
+        parts.append(class_latents[cls_idx.to(class_latents.device)])
+    return torch.cat(parts).cpu()
+
+
 def _latents(
     data: DreamBoothData, vae, idx: torch.Tensor, cls_idx: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """The rows' latents: the cached ones, or the images cropped (and flipped) at random and encoded now."""
     if data.instance_latents is not None:
-        parts = [data.instance_latents[idx.to(data.instance_latents.device)]]
-        if data.class_latents is not None:
-            parts.append(data.class_latents[cls_idx.to(data.class_latents.device)])
-        return torch.cat(parts).cpu()
+        return cached_rows(data.instance_latents, data.class_latents, idx, cls_idx)
     rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
     images = [data.instance_images[i] for i in idx] + [data.class_images[i] for i in cls_idx]
     x = torch.stack([preprocess(im, data.resolution, data.center_crop, rng, data.random_flip) for im in images])

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import toy_flow_velocity
 from diffusers import StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
@@ -62,19 +63,6 @@ def test_a_full_fine_tune_with_prior_preservation_saves_a_pipeline_that_draws(tm
     assert image.size == (64, 64)
 
 
-def _velocity(transformer) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    x, text, pooled = (
-        torch.randn(1, 8, 16, 16, generator=g),
-        torch.randn(1, 24, 192, generator=g),
-        torch.randn(1, 192, generator=g),
-    )
-    with torch.no_grad():
-        return transformer(
-            hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text, pooled_projections=pooled
-        ).sample
-
-
 def test_lora_goes_on_the_sd3_scripts_projections_and_loads_back_exactly_with_load_lora_weights(tmp_path):
     trainer = FlowTrainer(_config(tmp_path, lora_rank=2, learning_rate=1e-2, max_train_steps=5))
     trainer.train()
@@ -86,7 +74,7 @@ def test_lora_goes_on_the_sd3_scripts_projections_and_loads_back_exactly_with_lo
     }
     pipe = load_pipeline(str(tmp_path / "out"))  # the base from lora_base.json, then pipe.load_lora_weights
     base = load_pipeline("toy-flow")
-    trained, loaded, before = (_velocity(m) for m in (trainer.transformer, pipe.transformer, base.transformer))
+    trained, loaded, before = (toy_flow_velocity(m) for m in (trainer.transformer, pipe.transformer, base.transformer))
     assert torch.allclose(loaded, trained, atol=1e-5) and not torch.allclose(loaded, before, atol=1e-3)
 
 

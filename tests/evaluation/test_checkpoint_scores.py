@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import toy_flow_velocity
 from safetensors.torch import load_file
 
 from helpers.core.images import load_image_folder
@@ -85,29 +86,16 @@ def _flow_run(out, **kw):
     return out
 
 
-def _velocity(transformer) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    x, text, pooled = (
-        torch.randn(1, 8, 16, 16, generator=g),
-        torch.randn(1, 8, 192, generator=g),
-        torch.randn(1, 192, generator=g),
-    )
-    with torch.no_grad():
-        return transformer(
-            hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text, pooled_projections=pooled
-        ).sample
-
-
 def test_a_flow_lora_checkpoint_loads_its_adapters_for_the_block_and_unloads_them_after(tmp_path):
     from helpers.diffusion.profiles import load_pipeline
     from helpers.evaluation.checkpoints import checkpoint_pipeline
 
     run = _flow_run(tmp_path / "lora", lora_rank=2, learning_rate=1e-2, train_text_encoder=True)
     base, final = load_pipeline("toy-flow"), load_pipeline(str(run))
-    before = _velocity(base.transformer)
+    before = toy_flow_velocity(base.transformer)
     with checkpoint_pipeline(base, run, 4) as pipe:
-        torch.testing.assert_close(_velocity(pipe.transformer), _velocity(final.transformer))
-    assert torch.equal(_velocity(base.transformer), before) and not any(
+        torch.testing.assert_close(toy_flow_velocity(pipe.transformer), toy_flow_velocity(final.transformer))
+    assert torch.equal(toy_flow_velocity(base.transformer), before) and not any(
         "lora" in n for n, _ in base.transformer.named_modules()
     )
     prompts = {"instance": "a photo of sks dog", "class": "a photo of dog", "context": "a photo of sks dog in the snow"}
@@ -122,4 +110,4 @@ def test_a_full_flow_checkpoint_swaps_in_its_transformer(tmp_path):
     base, final = load_pipeline("toy-flow"), load_pipeline(str(run))
     pipe = with_checkpoint(base, run, 4)
     assert pipe.transformer is not base.transformer and pipe.vae is base.vae
-    torch.testing.assert_close(_velocity(pipe.transformer), _velocity(final.transformer))
+    torch.testing.assert_close(toy_flow_velocity(pipe.transformer), toy_flow_velocity(final.transformer))
