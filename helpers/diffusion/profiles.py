@@ -67,6 +67,11 @@ class Profile:
     # The DreamBooth trainer's --learning_rate when left out: diffusers' 5e-6 suits SD 1.x's 860 M parameters
     # and barely moves the toy's 4.6 M in a few hundred steps, which learn the subject at 1e-4 (notebook 04).
     learning_rate: float = 5e-6
+    # Whether an SD3-family pipeline loads its T5 encoder. SD 3.5 Medium's T5-XXL is 4.9 B of its 8.3 B weights
+    # (about 12 GB in fp16, its feed-forward outputs kept in fp32): more than a free Colab's 12.7 GB of RAM
+    # holds beside anything else, and with it the pipeline outgrows a T4's 15 GB. Without it the pipeline
+    # gives the transformer zeros in T5's place (diffusers' SD3 documentation: "dropping the T5").
+    t5: bool = True
 
     @property
     def is_toy(self) -> bool:
@@ -102,7 +107,23 @@ TOY_FLOW = Profile(
 )
 # 512: the size a T4 fine-tunes it at (it draws up to 1440); 4.5 and 28 steps: its model card's guidance, the
 # pipeline's default steps.
-SD35 = Profile("sd35", SD35_MODEL, "cuda", torch.float16, 512, 28, 4.5, "fp16", DINO_MODEL, CLIP_MODEL, family="sd3")
+# No T5 on a T4 (``Profile.t5``), so its tokens are zeros: 77 of them, the SD3 script's training default, when
+# sampling too (the pipeline's own default is 256).
+SD35 = Profile(
+    "sd35",
+    SD35_MODEL,
+    "cuda",
+    torch.float16,
+    512,
+    28,
+    4.5,
+    "fp16",
+    DINO_MODEL,
+    CLIP_MODEL,
+    family="sd3",
+    max_sequence_length=77,
+    t5=False,
+)
 PROFILES = {"toy": TOY, "sd15": SD15, "toy-flow": TOY_FLOW, "sd35": SD35}
 FAMILIES = {"sd": (TOY, SD15), "sd3": (TOY_FLOW, SD35)}  # each family's toy and real profile
 
@@ -251,7 +272,8 @@ def load_pipeline(
     load = dict(dtype=profile.dtype, revision=revision, variant=variant)
     with loading(path, variant, revision):
         if model_family(path) == "sd3":
-            pipe = StableDiffusion3Pipeline.from_pretrained(path, **absent_parts(path), **load)
+            without = {} if profile.t5 else {"text_encoder_3": None, "tokenizer_3": None}
+            pipe = StableDiffusion3Pipeline.from_pretrained(path, **(absent_parts(path) | without), **load)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(
                 path, safety_checker=None, requires_safety_checker=False, **load

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from helpers.core.errors import UsageError
 from helpers.core.numbers import at_least, finite, positive
 from helpers.diffusion.flow import WEIGHTING_SCHEMES
+from helpers.diffusion.quantize import read_quantization
 from helpers.training.settings import TrainerSettings, flag
 
 
@@ -84,6 +85,16 @@ class TrainConfig(TrainerSettings):
     lora_blocks: str | None = flag(
         None, "flow-matching models, with --lora_rank: adapt only these transformer blocks, e.g. 0,1,2"
     )
+    bnb_quantization_config_path: str | None = flag(
+        None,
+        "flow-matching models, with --lora_rank: a BitsAndBytesConfig JSON file (configs/nf4.json) that stores the "
+        "frozen transformer in 4 bits (QLoRA, as diffusers' newer DreamBooth scripts read it); the adapters stay fp32",
+    )
+    without_t5: bool = flag(
+        False,
+        "flow-matching models: load no T5 encoder (the pipeline's text_encoder_3=None; its tokens are zeros), "
+        "as the sd35 profile samples on a 15 GB T4",
+    )
     output_kohya_format: bool = flag(
         False, "with --lora_rank, also write the LoRA in kohya's format for A1111/ComfyUI (helpers.export_lora)"
     )
@@ -135,6 +146,10 @@ class TrainConfig(TrainerSettings):
         at_least("--max_sequence_length", self.max_sequence_length, 0, "pass 77 (the SD3 script's) or 256")
         if (self.lora_layers or self.lora_blocks) and self.lora_rank is None:
             raise UsageError("--lora_layers and --lora_blocks choose where LoRA goes: they need --lora_rank")
+        if self.bnb_quantization_config_path:
+            if self.lora_rank is None:
+                raise UsageError("a 4-bit base cannot be trained itself: add --lora_rank to train adapters on it")
+            read_quantization(self.bnb_quantization_config_path)
         if self.lora_blocks and not all(b.strip().isdigit() for b in self.lora_blocks.split(",")):
             raise UsageError(
                 f"--lora_blocks is a comma-separated list of block numbers, e.g. 0,1,2 (got {self.lora_blocks!r})"
@@ -143,5 +158,5 @@ class TrainConfig(TrainerSettings):
     def flow_flags(self) -> list[str]:
         """The flow-matching flags this run sets: a run on SD 1.x refuses them."""
         names = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "precondition_outputs")
-        names += ("max_sequence_length", "lora_layers", "lora_blocks")
-        return [f"--{name}" for name in names if getattr(self, name) is not None]
+        names += ("max_sequence_length", "lora_layers", "lora_blocks", "bnb_quantization_config_path")
+        return [f"--{name}" for name in names if getattr(self, name) is not None] + ["--without_t5"] * self.without_t5

@@ -21,6 +21,7 @@ from helpers.diffusion.latents import vae_scale_factor
 from helpers.diffusion.loading import absent_parts, loading
 from helpers.diffusion.lora import TEXT_ENCODER_TARGETS, adapters_only_checkpoints, add_lora, load_lora, save_lora
 from helpers.diffusion.profiles import model_family, profile_for_model
+from helpers.diffusion.quantize import check_backend, quantize_linears, read_quantization
 from helpers.dreambooth.base import BaseTrainer
 from helpers.dreambooth.flow_step import FlowDreamBoothData, flow_dreambooth_step, prepare_flow_data
 from helpers.dreambooth.instances import load_instances
@@ -73,11 +74,18 @@ class FlowTrainer(BaseTrainer):
 
         acc, cfg = self.accelerator, self.config
         self.weight_dtype = weight_dtype(cfg.mixed_precision)
+        self.quantization = cfg.bnb_quantization_config_path and read_quantization(cfg.bnb_quantization_config_path)
+        if self.quantization:
+            check_backend(acc.device)
+        # A LoRA run trains fp32 adapters on a frozen base, which loads in the run's precision at once: SD 3.5
+        # Medium's pipeline without T5 is 6.8 GB in fp16 and 13.6 GB in fp32, more than a free Colab's RAM.
+        dtype = self.weight_dtype if cfg.lora_rank else torch.float32
+        without = {"text_encoder_3": None, "tokenizer_3": None} if cfg.without_t5 else {}
         with loading(self.model_path, cfg.variant, cfg.revision):
             self.pipe = StableDiffusion3Pipeline.from_pretrained(
                 self.model_path,
-                **absent_parts(self.model_path),
-                dtype=torch.float32,
+                **(absent_parts(self.model_path) | without),
+                dtype=dtype,
                 revision=cfg.revision,
                 variant=cfg.variant,
             )
@@ -88,14 +96,17 @@ class FlowTrainer(BaseTrainer):
         self.clip_tokenizers = [t for t in (pipe.tokenizer, pipe.tokenizer_2) if t is not None]
         self.clips = [e for e in (pipe.text_encoder, pipe.text_encoder_2) if e is not None]
         trains_clips = cfg.train_text_encoder
+        self.encoders = [e for e in (*self.clips, pipe.text_encoder_3) if e is not None]
         frozen = [self.vae] + ([pipe.text_encoder_3] if pipe.text_encoder_3 is not None else [])
         frozen += [] if trains_clips else self.clips
         if cfg.lora_rank:  # with LoRA the base weights are frozen too; only the adapters train
-            frozen += [self.transformer] + (self.clips if trains_clips else [])
-        cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
+            frozen += ([] if self.quantization else [self.transformer]) + (self.clips if trains_clips else [])
+        cast = {} if dtype == self.weight_dtype else {"dtype": self.weight_dtype}
         for part in frozen:
             part.requires_grad_(False)
             part.to(acc.device, **cast)
+        if self.quantization:  # the 4-bit base: every linear layer of the transformer, on the device
+            quantize_linears(self.transformer.to(**cast), self.quantization, self.weight_dtype, acc.device)
         if cfg.lora_rank:
             with torch.random.fork_rng():  # the adapters' random init follows --seed
                 torch.manual_seed(cfg.seed)
@@ -144,7 +155,25 @@ class FlowTrainer(BaseTrainer):
                 self.pipeline_kwargs["max_sequence_length"],
             )
             self.data.class_report, self.data.captioned = class_report, instances.captioned
+            self._park()
         return self.data
+
+    def _park(self) -> None:
+        """The frozen encoders and the VAE leave the device once the cache holds their output: training needs
+        only the transformer there (a validation brings them back for its samples, then parks them again)."""
+        if not self.config.train_text_encoder:
+            for part in [*self.encoders, self.vae]:
+                part.to("cpu")
+
+    def _pipeline(self):
+        """The pipeline that draws class images: with a 4-bit base, the trainer's own (a second copy of the
+        model would not fit where the 4-bit base is needed); otherwise the model's, as the UNet trainer's."""
+        return self._live_pipeline() if self.quantization else super()._pipeline()
+
+    def _validate(self, pipe, step: int) -> None:
+        super()._validate(pipe, step)
+        if pipe is self.pipe:
+            self._park()
 
     def _trained(self) -> tuple[list[torch.nn.Module], list[dict]]:
         """The transformer, and with ``--train_text_encoder`` each CLIP encoder at ``--text_encoder_lr``."""
@@ -196,8 +225,9 @@ class FlowTrainer(BaseTrainer):
             clips = [acc.unwrap_model(m) for m in self.clips] if cfg.train_text_encoder else []
             with staged(self.output_dir) as stage:  # a full disk leaves the earlier output whole
                 save_lora(stage, self._lora_base(), transformer, clips, cfg.lora_rank, cfg.lora_alpha)
-            if validate:
-                self._validate(load_lora(self._pipeline(), self.output_dir), cfg.max_train_steps)
+            if validate:  # the saved file loaded back; on a 4-bit base, the live adapters (a second base would not fit)
+                pipe = self._live_pipeline() if self.quantization else load_lora(self._pipeline(), self.output_dir)
+                self._validate(pipe, cfg.max_train_steps)
             return
         pipe = self._live_pipeline()
         for part in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):

@@ -54,14 +54,19 @@ def test_toy_flow_names_the_shipped_folder_and_the_command_that_makes_it(flow_fo
         profiles.resolve_model("toy-flow")
 
 
-def test_the_sd3_shaped_fixture_is_the_sd35_profile_and_loads_with_its_t5(sd3_folders):
+def test_the_sd3_shaped_fixture_is_the_sd35_profile_which_leaves_t5_out_unless_asked(sd3_folders):
+    from dataclasses import replace
+
     import sd3_shaped
 
     assert profiles.profile_for_model(str(sd3_folders.fp16)).name == "sd35"
     profile = sd3_shaped.cpu_profile(sd3_folders)
     pipe = profiles.load_pipeline(profile.model, profile)
-    assert pipe.text_encoder_3 is not None and pipe.transformer.dtype == profiles.torch.float16
+    assert pipe.text_encoder_3 is None and pipe.tokenizer_3 is None and not profiles.SD35.t5  # a T4's plan
+    assert pipe.transformer.dtype == profiles.torch.float16
     assert {p.dtype for p in pipe.text_encoder.parameters()} == {profiles.torch.float16}  # one dtype throughout
+    with_t5 = profiles.load_pipeline(profile.model, replace(profile, t5=True))
+    assert with_t5.text_encoder_3 is not None and with_t5.text_encoder_3.dtype == profiles.torch.float16
 
 
 def test_the_sd_shaped_fixture_and_sd3_hub_ids_keep_their_families(sd_folders):
