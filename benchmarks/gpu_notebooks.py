@@ -1,12 +1,16 @@
-"""The Colab path on a GPU: notebooks 04-07's real-model branches and notebook 09's SD 1.5 command,
-end to end at 512 px, on SD 1.5-sized models with random weights, in a process capped at a T4's 15 GiB.
+"""The Colab path on a GPU: notebooks 04-07's real-model branches, notebook 09's SD 1.5 command and notebook
+12's SD 3.5 Medium QLoRA branch, end to end at 512 px, on models of the hub's sizes with random weights, in
+a process capped at a T4's 15 GiB.
 
     python benchmarks/gpu_notebooks.py [--steps 20] [--cap_gib 15] [--only 04]
     python benchmarks/gpu_notebooks.py --device cpu --size tiny --steps 2    (a dry run of the script itself)
 
 Each notebook runs as committed, through the same nbmake harness as CI's real-branch run
 (``tests/real_branch.py``), with ``PROFILE`` set to the sd15 profile on the SD 1.5-shaped folder saved
-in fp16 (``tests/sd_shaped.py``, size ``sd15``: no hub needed) and only steps and image counts cut.
+in fp16 (``tests/sd_shaped.py``, size ``sd15``: no hub needed) and only steps and image counts cut; notebook 12
+runs on the sd35 profile and an SD 3.5 Medium-sized folder saved without T5 (``tests/sd3_shaped.py``), its
+transformer in 4-bit NF4 as its sd35 column asks (compare its peak with ``helpers.training.memory``'s
+``sd35_recipes()``, notebook 12's figure).
 The trainers run fp16 mixed precision and bitsandbytes' CUDA AdamW8bit, as on a T4. The cap is
 ``torch.cuda.set_per_process_memory_fraction``, so a notebook that would not fit a T4 fails here with
 an out-of-memory error. Prints one row per notebook: peak allocated and reserved GPU memory, and time.
@@ -28,9 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import real_branch  # noqa: E402
+import sd3_shaped  # noqa: E402
 import sd_shaped  # noqa: E402
 
 NOTEBOOKS = ["04_dreambooth_8bit_adam", "05_language_drift", "06_identifier_and_text_encoder", "07_lora_dreambooth"]
+FLOW_NOTEBOOKS = ["12_flow_lora_dreambooth"]
+FLOW_SIZES = {"sd15": "sd35", "tiny": "tiny"}  # --size: the SD3 family's folder of the same scale
 GiB = 2**30
 
 
@@ -59,13 +66,15 @@ def peak_lines(report: Path) -> list[str]:
     ]
 
 
-def profile_line(device: str, resolution: int) -> str:
-    """The sd15 profile on the SD-shaped folder: fp16 mixed precision on a GPU (bf16 on a CPU, which has no fp16
-    training), 10 sampler steps instead of 50."""
+def profile_line(name: str, device: str, resolution: int) -> str:
+    """The notebook's real profile (sd15, or sd35 for the flow notebooks) on its fixture: fp16 mixed precision on
+    a GPU (bf16 on a CPU, which has no fp16 training), 10 sampler steps; sd35 with its own 77 T5 tokens."""
     precision = "fp16" if device == "cuda" else "bf16"
+    module = real_branch.fixture_module(name)
+    tokens = ", max_sequence_length=77" if module == "sd3_shaped" and resolution == 512 else ""
     return (
-        f"import dataclasses; PROFILE = dataclasses.replace(sd_shaped.cpu_profile(FIXTURE, {resolution}), "
-        f"device={device!r}, mixed_precision={precision!r}, num_inference_steps=10)"
+        f"import dataclasses; PROFILE = dataclasses.replace({module}.cpu_profile(FIXTURE, {resolution}), "
+        f"device={device!r}, mixed_precision={precision!r}, num_inference_steps=10{tokens})"
     )
 
 
@@ -74,7 +83,7 @@ def run_notebook(name: str, folders, args: argparse.Namespace, work: Path) -> di
 
     report = work / f"{name}.peak"
     lines = (f"gpu_notebooks.cap({args.cap_gib})",)
-    after = real_branch.override(name, folders, profile_line(args.device, args.resolution), args.steps, lines)
+    after = real_branch.override(name, folders, profile_line(name, args.device, args.resolution), args.steps, lines)
     copy = real_branch.with_override(ROOT / "notebooks" / f"{name}.ipynb", after, work)
     nb = nbformat.read(copy, as_version=4)
     for cell in nb.cells:  # the running peak after every code cell
@@ -148,11 +157,19 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         start = time.perf_counter()
-        folders = sd_shaped.build(work / "sd", size=args.size)
-        print(f"{args.size}-sized random SD folders built in {time.perf_counter() - start:.0f} s")
-        rows = [run_notebook(n, folders, args, work) for n in NOTEBOOKS if args.only is None or args.only in n]
-        if args.only is None or "09" in args.only:
-            rows.append(run_controlnet(folders, args, work))
+        chosen = [n for n in NOTEBOOKS + FLOW_NOTEBOOKS if args.only is None or args.only in n]
+        rows = []
+        if args.only is None or "09" in args.only or set(chosen) & set(NOTEBOOKS):
+            folders = sd_shaped.build(work / "sd", size=args.size)
+            print(f"{args.size}-sized random SD folders built in {time.perf_counter() - start:.0f} s")
+            rows = [run_notebook(n, folders, args, work) for n in chosen if n in NOTEBOOKS]
+            if args.only is None or "09" in args.only:
+                rows.append(run_controlnet(folders, args, work))
+        if set(chosen) & set(FLOW_NOTEBOOKS):
+            start, size = time.perf_counter(), FLOW_SIZES[args.size]
+            flow = sd3_shaped.build(work / "sd3", size=size, fp32=False, t5=False)
+            print(f"{size}-sized random SD3 folders (fp16, no T5) built in {time.perf_counter() - start:.0f} s")
+            rows += [run_notebook(n, flow, args, work) for n in chosen if n in FLOW_NOTEBOOKS]
     print(
         f"{'notebook':34s} {'ok':>4s} {'peak alloc GiB':>14s} {'peak reserved GiB':>17s} {'seconds':>8s}  "
         f"(cap {args.cap_gib} GiB)"

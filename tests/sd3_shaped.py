@@ -216,8 +216,9 @@ def vae(size: str) -> AutoencoderKL:
     )
 
 
-def pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusion3Pipeline:
-    """An SD 3.5 Medium-shaped StableDiffusion3Pipeline with random weights."""
+def pipeline(size: str = "tiny", seed: int = 0, t5: bool = True) -> StableDiffusion3Pipeline:
+    """An SD 3.5 Medium-shaped StableDiffusion3Pipeline with random weights (``t5=False``: saved without T5, as
+    the sd35 profile loads it)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     if size not in TRANSFORMER:
@@ -232,19 +233,21 @@ def pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusion3Pipeline:
         tokenizer=clip_tok,
         text_encoder_2=clip_encoder(clip_tok, CLIP_G[size], size),
         tokenizer_2=clip_tok,
-        text_encoder_3=t5_encoder(t5_tok, size),
-        tokenizer_3=t5_tok,
+        text_encoder_3=t5_encoder(t5_tok, size) if t5 else None,
+        tokenizer_3=t5_tok if t5 else None,
     )
 
 
-def build(root: Path, size: str = "tiny") -> Folders:
-    """Write the SD3-shaped pipeline in fp32 and in fp16 (plain file names, as the hub's copy)."""
+def build(root: Path, size: str = "tiny", fp32: bool = True, t5: bool = True) -> Folders:
+    """Write the SD3-shaped pipeline in fp32 and in fp16 (plain file names, as the hub's copy). A GPU check at
+    SD 3.5 Medium's size writes only what the sd35 profile loads (``fp32=False, t5=False``: 6.7 GB, not 50)."""
     root = Path(root)
     folders = Folders(*(root / name for name in ("sd3-fp32", "sd3-fp16", "dino", "clip")))
     sd_shaped.dino(folders.dino, size)
     sd_shaped.clip(folders.clip, size)
-    pipe = pipeline(size)
-    pipe.save_pretrained(folders.fp32)
+    pipe = pipeline(size, t5=t5)
+    if fp32:
+        pipe.save_pretrained(folders.fp32)
     pipe.to(torch.float16).save_pretrained(folders.fp16)
     return folders
 

@@ -9,7 +9,8 @@ Peak training memory is the sum of a few terms that a learner can reason about:
 - the optimizer step's temporaries: torch's AdamW updates all tensors at once (foreach) with one
   fp32 scratch value per parameter, 4 bytes/param; bitsandbytes goes tensor by tensor, next to nothing;
 - half-precision copies of the trainable weights that autocast makes for the forward pass;
-- frozen parts (VAE, and the text encoder unless trained) in fp16 on a GPU, 2 bytes/param;
+- frozen parts in fp16 on a GPU, 2 bytes/param: the encoders and VAE (the text encoder unless trained), and
+  with LoRA the base (UNet or transformer), which a 4-bit base (QLoRA) stores in about 0.56 bytes/param;
 - activations saved for the backward pass: the only term that grows with batch and resolution,
   and the one gradient checkpointing cuts (it recomputes them block by block instead).
 
@@ -28,6 +29,11 @@ The activation coefficients are per sample per latent pixel and were measured wi
 counted exactly. With LoRA (``lora_rank``) the UNet joins the frozen parts and only the adapters
 train; the backward pass still runs through the whole UNet to reach the first adapters, so the
 activations are taken to be a full fine-tune's (an assumption: LoRA runs were not measured).
+
+``model="sd35"`` counts SD 3.5 Medium instead: its MMDiT-X transformer, two CLIP encoders, T5 (if loaded)
+and VAE, LoRA on the SD3 script's projections, a 4-bit base, and encoders and VAE parked off the GPU once
+the trainer has cached their output (``helpers.dreambooth.flow_trainer``). Its activations are per token
+(image tokens and text tokens), measured by ``benchmarks/sd35_activations.py`` on a CPU.
 """
 
 from __future__ import annotations
@@ -80,8 +86,32 @@ TEXT_ENCODER_ACTIVATION_BYTES = {"full": 71e6, "checkpointed": 7e6}
 WORKSPACE_BYTES = 0.2 * GiB  # cuBLAS workspaces (about 0.1 GiB) and a step's short-lived buffers
 
 
+# SD 3.5 Medium, counted from its configs (tests/sd3_shaped.py builds them; tests/training/test_memory.py
+# counts them again): the transformer, the two CLIPs with their projections, T5-XXL's encoder, the VAE.
+SD35_PARAMS = {
+    "transformer": 2_243_171_520,
+    "clip_l": 123_650_304,
+    "clip_g": 694_659_840,
+    "t5": 4_893_906_944,
+    "vae": 83_819_683,
+}
+SD35_LINEAR_WEIGHTS = 2_241_822_720  # the transformer's nn.Linear weights: what a 4-bit base stores in NF4
+SD35_POSITION_TABLE = 384 * 384 * 1536  # a buffer (pos_embed_max_size 384, width 1536), in the weights' dtype
+SD35_T5_FP32 = 1_006_632_960  # T5's feed-forward output weights (wo), which transformers keeps in fp32
+SD35_LORA_PARAMS_PER_RANK = 586_752  # the SD3 script's 8 projections in each of the 24 blocks
+NF4_BYTES_PER_WEIGHT = 0.5 + 4 / 64  # 4 bits, and one fp32 scale per block of 64
+# benchmarks/sd35_activations.py (bf16 autocast on a CPU, rank-16 LoRA, 2 bytes a value as fp16): bytes a
+# sample saves per image token (patch 2: a 512 px image is 1024) and per text token (77 CLIP + 77 T5).
+SD35_ACTIVATION_BYTES_PER_TOKEN = {
+    "full": {"image": 1_857_000, "text": 1_592_000},
+    "checkpointed": {"image": 170_000, "text": 142_000},
+}
+CLIP_TOKENS = 77
+
+
 @dataclass(frozen=True)
 class MemoryConfig:
+    model: str = "sd15"  # "sd15", or "sd35" (SD 3.5 Medium; the *_params fields below are SD 1.5's)
     unet_params: int = SD15_PARAMS["unet"]
     text_encoder_params: int = SD15_PARAMS["text_encoder"]
     vae_params: int = SD15_PARAMS["vae"]
@@ -94,6 +124,10 @@ class MemoryConfig:
     gradient_checkpointing: bool = True
     train_text_encoder: bool = False
     lora_rank: int | None = None  # adapters only: the UNet (and text encoder) stay frozen
+    quantized_base: bool = False  # sd35 with LoRA: the transformer's linear weights in 4-bit NF4 (QLoRA)
+    t5: bool = True  # sd35: T5 loaded (the course's sd35 profile leaves it out on a T4)
+    park_encoders: bool = False  # sd35: encoders and VAE off the GPU after caching (the flow trainer's way)
+    max_sequence_length: int = 77  # sd35: T5's tokens after CLIP's 77 (zeros without T5)
 
 
 def adam_state_bytes(params: int, eight_bit: bool) -> float:
@@ -101,13 +135,14 @@ def adam_state_bytes(params: int, eight_bit: bool) -> float:
     return params * (2 + 2 * 4 / 256) if eight_bit else params * 8
 
 
-def _moments(cfg: MemoryConfig) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """What comes and goes within a step, at each candidate for the peak; and what is always live."""
+def _sd15_parts(cfg: MemoryConfig) -> tuple[int, float, float, float]:
+    """(trainable parameters, frozen base bytes, encoder and VAE bytes, activation bytes) of SD 1.5."""
     trainable = cfg.unet_params + (cfg.text_encoder_params if cfg.train_text_encoder else 0)
     half = cfg.mixed_precision in ("fp16", "bf16")
-    frozen = cfg.vae_params + (0 if cfg.train_text_encoder else cfg.text_encoder_params)
+    encoders = cfg.vae_params + (0 if cfg.train_text_encoder else cfg.text_encoder_params)
+    base = 0
     if cfg.lora_rank:  # the base joins the frozen parts; the adapters are all that trains
-        frozen, per_rank = frozen + trainable, sd15_lora_params_per_rank()
+        base, per_rank = trainable, sd15_lora_params_per_rank()
         trainable = cfg.lora_rank * (per_rank["unet"] + (per_rank["text_encoder"] if cfg.train_text_encoder else 0))
     samples = cfg.train_batch_size * (2 if cfg.with_prior_preservation else 1)
     latent_pixels = (cfg.resolution // cfg.vae_factor) ** 2
@@ -116,6 +151,38 @@ def _moments(cfg: MemoryConfig) -> tuple[dict[str, dict[str, float]], dict[str, 
         samples * TEXT_ENCODER_ACTIVATION_BYTES[mode] if cfg.train_text_encoder else 0
     )
     activations *= 1.0 if half else FP32_ACTIVATION_SCALE
+    size = 2 if half else 4
+    return trainable, base * size, encoders * size, activations
+
+
+def _sd35_parts(cfg: MemoryConfig) -> tuple[int, float, float, float]:
+    """The same for SD 3.5 Medium; measured in half precision only, and with its CLIP encoders frozen."""
+    if cfg.mixed_precision not in ("fp16", "bf16") or cfg.train_text_encoder:
+        raise ValueError("SD 3.5 Medium's terms are measured with fp16 mixed precision and frozen text encoders")
+    if cfg.quantized_base and not cfg.lora_rank:
+        raise ValueError("a 4-bit base trains adapters only: set lora_rank")
+    p = SD35_PARAMS
+    trainable = cfg.lora_rank * SD35_LORA_PARAMS_PER_RANK if cfg.lora_rank else p["transformer"]
+    base = SD35_POSITION_TABLE * (2 if cfg.lora_rank else 4)  # a full fine-tune's transformer is fp32
+    if cfg.lora_rank and cfg.quantized_base:
+        base += SD35_LINEAR_WEIGHTS * NF4_BYTES_PER_WEIGHT + (p["transformer"] - SD35_LINEAR_WEIGHTS) * 2
+    elif cfg.lora_rank:
+        base += p["transformer"] * 2
+    encoders = (p["clip_l"] + p["clip_g"] + p["vae"]) * 2
+    encoders += ((p["t5"] - SD35_T5_FP32) * 2 + SD35_T5_FP32 * 4) if cfg.t5 else 0
+    samples = cfg.train_batch_size * (2 if cfg.with_prior_preservation else 1)
+    image_tokens = (cfg.resolution // cfg.vae_factor // 2) ** 2
+    per_token = SD35_ACTIVATION_BYTES_PER_TOKEN["checkpointed" if cfg.gradient_checkpointing else "full"]
+    activations = samples * (
+        image_tokens * per_token["image"] + (CLIP_TOKENS + cfg.max_sequence_length) * per_token["text"]
+    )
+    return trainable, base, 0 if cfg.park_encoders else encoders, activations
+
+
+def _moments(cfg: MemoryConfig) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """What comes and goes within a step, at each candidate for the peak; and what is always live."""
+    trainable, base, encoders, activations = (_sd35_parts if cfg.model == "sd35" else _sd15_parts)(cfg)
+    half = cfg.mixed_precision in ("fp16", "bf16")
     gradients = trainable * 4
     step_temporaries = 0 if cfg.use_8bit_adam else trainable * 4
     moments = {
@@ -129,7 +196,8 @@ def _moments(cfg: MemoryConfig) -> tuple[dict[str, dict[str, float]], dict[str, 
     always = {
         "weights (trainable, fp32)": trainable * 4,
         "optimizer state": adam_state_bytes(trainable, cfg.use_8bit_adam),
-        "frozen parts": frozen * (2 if half else 4),
+        "frozen base": base,
+        "encoders and VAE": encoders,
         "workspace": WORKSPACE_BYTES,
     }
     return moments, always
@@ -151,7 +219,8 @@ def estimate(cfg: MemoryConfig) -> dict[str, float]:
         "optimizer state": always["optimizer state"],
         "optimizer step temporaries": peak.get("optimizer step temporaries", 0),
         "autocast weight copies": peak.get("autocast weight copies", 0),
-        "frozen parts": always["frozen parts"],
+        "frozen base": always["frozen base"],
+        "encoders and VAE": always["encoders and VAE"],
         "activations": peak.get("activations", 0),
         "workspace": always["workspace"],
     }
@@ -171,6 +240,26 @@ def sd15_recipes() -> dict[str, MemoryConfig]:
         "+ 8-bit AdamW": eight,
         "+ gradient checkpointing (T4 recipe)": t4,
         "T4 recipe + text encoder": replace(t4, train_text_encoder=True),
+    }
+
+
+def sd35_recipes(rank: int = 16) -> dict[str, MemoryConfig]:
+    """SD 3.5 Medium LoRA at 512 px with prior preservation: from everything on the GPU to the T4 recipe of
+    notebook 12 (rank-``rank`` adapters throughout; a full fine-tune is not a T4's to try)."""
+    plain = MemoryConfig(
+        model="sd35", lora_rank=rank, use_8bit_adam=False, gradient_checkpointing=False, t5=True, park_encoders=False
+    )
+    no_t5 = replace(plain, t5=False)
+    parked = replace(no_t5, park_encoders=True)
+    checkpointed = replace(parked, gradient_checkpointing=True)
+    eight = replace(checkpointed, use_8bit_adam=True)
+    return {
+        "fp16 base, T5, all on the GPU": plain,
+        "+ no T5 (the sd35 profile)": no_t5,
+        "+ encoders and VAE parked": parked,
+        "+ gradient checkpointing": checkpointed,
+        "+ 8-bit AdamW": eight,
+        "+ 4-bit NF4 base (T4 recipe)": replace(eight, quantized_base=True),
     }
 
 

@@ -66,5 +66,70 @@ def test_lora_trains_the_adapters_and_freezes_the_unet():
     lora = memory.estimate(memory.MemoryConfig(lora_rank=4))
     adapters = 4 * memory.sd15_lora_params_per_rank()["unet"]
     assert lora["weights (trainable, fp32)"] == adapters * 4
-    assert lora["frozen parts"] == full["frozen parts"] + memory.SD15_PARAMS["unet"] * 2
+    assert full["frozen base"] == 0 and lora["frozen base"] == memory.SD15_PARAMS["unet"] * 2
+    assert lora["encoders and VAE"] == full["encoders and VAE"]
     assert lora["total"] < full["total"] - 5 * memory.GiB
+
+
+def _sd35_parts():
+    import torch
+    from accelerate import init_empty_weights
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import sd3_shaped
+    import sd_shaped
+
+    with init_empty_weights(include_buffers=False):
+        tok = sd_shaped.tokenizer()
+        return {
+            "transformer": sd3_shaped.transformer("sd35"),
+            "clip_l": sd3_shaped.clip_encoder(tok, sd3_shaped.CLIP_L["sd35"], "sd35"),
+            "clip_g": sd3_shaped.clip_encoder(tok, sd3_shaped.CLIP_G["sd35"], "sd35"),
+            "t5": sd3_shaped.t5_encoder(sd3_shaped.t5_tokenizer(), "sd35"),
+            "vae": sd3_shaped.vae("sd35"),
+        }, torch
+
+
+def test_sd35_counts_are_those_of_its_configs():
+    from helpers.dreambooth.flow_trainer import SD3_LORA_TARGETS
+
+    parts, torch = _sd35_parts()
+    assert {name: model.num_parameters() for name, model in parts.items()} == memory.SD35_PARAMS
+    transformer = parts["transformer"]
+    linears = {n: m for n, m in transformer.named_modules() if type(m) is torch.nn.Linear}
+    assert sum(m.weight.numel() for m in linears.values()) == memory.SD35_LINEAR_WEIGHTS
+    adapted = [m for n, m in linears.items() if any(n.endswith(t) for t in SD3_LORA_TARGETS)]
+    assert sum(m.in_features + m.out_features for m in adapted) == memory.SD35_LORA_PARAMS_PER_RANK
+    assert transformer.pos_embed.pos_embed.numel() == memory.SD35_POSITION_TABLE
+    wo = sum(m.weight.numel() for n, m in parts["t5"].named_modules() if n.endswith(".wo"))
+    assert wo == memory.SD35_T5_FP32 and "wo" in parts["t5"]._keep_in_fp32_modules
+
+
+def test_sd35_activation_coefficients_are_what_the_benchmark_measures():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import sd35_activations
+
+    measured = sd35_activations.measure(rank=16)
+    for mode, per_token in memory.SD35_ACTIVATION_BYTES_PER_TOKEN.items():
+        assert per_token["image"] == pytest.approx(measured["per_image_token"][mode], rel=0.01)
+        assert per_token["text"] == pytest.approx(measured["per_text_token"][mode], rel=0.01)
+
+
+def test_sd35_recipes_shrink_step_by_step_to_the_t4_recipe_and_t5_is_the_largest_step():
+    rows = memory.table(memory.sd35_recipes())
+    totals = [r["total"] for r in rows]
+    assert totals == sorted(totals, reverse=True) and totals[0] > 15 > totals[-1]
+    drops = [a - b for a, b in zip(totals, totals[1:])]
+    assert drops.index(max(drops)) == 0  # leaving T5 out saves the most
+    t4 = memory.estimate(memory.sd35_recipes()["+ 4-bit NF4 base (T4 recipe)"])
+    p = memory.SD35_PARAMS
+    others = p["transformer"] - memory.SD35_LINEAR_WEIGHTS + memory.SD35_POSITION_TABLE
+    assert t4["frozen base"] == memory.SD35_LINEAR_WEIGHTS * (0.5 + 4 / 64) + others * 2
+    assert t4["encoders and VAE"] == 0 and t4["weights (trainable, fp32)"] == 16 * memory.SD35_LORA_PARAMS_PER_RANK * 4
+
+
+def test_sd35_terms_refuse_what_was_not_measured():
+    with pytest.raises(ValueError, match="fp16 mixed precision"):
+        memory.estimate(memory.MemoryConfig(model="sd35", lora_rank=4, mixed_precision="no"))
+    with pytest.raises(ValueError, match="set lora_rank"):
+        memory.estimate(memory.MemoryConfig(model="sd35", quantized_base=True))
