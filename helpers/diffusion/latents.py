@@ -43,12 +43,21 @@ def preprocess(
 def encode(vae, images: list[Image.Image], resolution: int, batch_size: int = 16) -> torch.Tensor:
     """Scaled latent means of centre-cropped images (float32, on the VAE's device): ``(mean - shift) * scale``,
     as the SD3 pipelines read ``shift_factor`` (SD 1.x's VAE has none, and only scales)."""
-    x = torch.stack([preprocess(im, resolution) for im in images])
-    out = [
-        vae.encode(x[i : i + batch_size].to(vae.device, vae.dtype)).latent_dist.mean.float()
-        for i in range(0, len(x), batch_size)
-    ]
-    return (torch.cat(out) - shift_factor(vae)) * vae.config.scaling_factor
+    return encode_distribution(vae, torch.stack([preprocess(im, resolution) for im in images]), batch_size)[0]
+
+
+@torch.no_grad()
+def encode_distribution(vae, pixels: torch.Tensor, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's latent distribution of preprocessed ``pixels``, scaled (and shifted) as ``encode``'s means: a
+    sample is ``mean + std * noise``, which is how diffusers' training scripts take latents
+    (``latent_dist.sample()``) where ``encode`` takes the mean."""
+    means, stds = [], []
+    for i in range(0, len(pixels), batch_size):
+        dist = vae.encode(pixels[i : i + batch_size].to(vae.device, vae.dtype)).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    scale = vae.config.scaling_factor
+    return (torch.cat(means) - shift_factor(vae)) * scale, torch.cat(stds) * scale
 
 
 def shift_factor(vae) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from helpers.core.cli import settings_command
 from helpers.core.paths import ROOT
-from helpers.diffusion.profiles import PROFILES, TOY_FLOW_MODEL, TOY_MODEL, model_family
+from helpers.diffusion.profiles import TOY_FLOW_MODEL, TOY_MODEL, model_family
 from helpers.dreambooth.identifiers import identifier_words
 
 DATASET = ROOT / "data" / "dreambooth"
@@ -106,14 +106,15 @@ def _body(config, result, samples: list[str]) -> str:
     kind = f"LoRA adapters (rank {config.lora_rank}, alpha {config.lora_alpha or config.lora_rank})" if lora else "A"
     flow = model_family(config.pretrained_model_name_or_path) == "sd3"
     pipeline = "StableDiffusion3Pipeline" if flow else "StableDiffusionPipeline"
-    no_t5 = ", text_encoder_3=None, tokenizer_3=None" if base == "toy-flow" else ""  # the toy was saved without T5
+    without_t5 = base == "toy-flow" or config.without_t5  # the toy was saved without T5
+    no_t5 = ", text_encoder_3=None, tokenizer_3=None" if without_t5 else ""
     load = (
         f'pipe = {pipeline}.from_pretrained("{TOY_FOLDERS.get(base, base)}"{no_t5})\n'
         'pipe.load_lora_weights("path/to/this/folder")'
         if lora
         else f'pipe = {pipeline}.from_pretrained("path/to/this/folder"{no_t5})'
     )
-    call = "".join(f", {k}={v}" for k, v in PROFILES[base].pipeline_kwargs.items()) if base in PROFILES else ""
+    call = f", max_sequence_length={config.t5_tokens()}" if flow else ""
     rows = [
         ("base model", f"`{base}`"),
         ("instance prompt", f"`{config.instance_prompt}`"),
@@ -128,6 +129,16 @@ def _body(config, result, samples: list[str]) -> str:
             + (", scaled" if config.scale_lr else ""),
         ),
         ("text encoder", "trained" if config.train_text_encoder else "frozen"),
+        *(
+            [("T5", "left out (`--without_t5`): load the pipeline without it to use the model")]
+            if config.without_t5
+            else []
+        ),
+        *(
+            [("base in training", "4-bit NF4 (QLoRA); the adapters load into the full-precision base")]
+            if config.bnb_quantization_config_path
+            else []
+        ),
         ("seed", str(config.seed)),
         ("training time", f"{result.seconds:.0f} s ({result.steps_per_second:.2f} steps/s)"),
     ]

@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from helpers.core.errors import UsageError
 from helpers.core.numbers import at_least, finite, positive
 from helpers.diffusion.flow import WEIGHTING_SCHEMES
+from helpers.diffusion.profiles import profile_for_model
 from helpers.diffusion.quantize import read_quantization
 from helpers.training.settings import TrainerSettings, flag
+
+SD3_MAX_SEQUENCE_LENGTH = 77  # the SD3 script's default T5 tokens, where the profile has none
 
 
 @dataclass(kw_only=True)
@@ -90,6 +93,12 @@ class TrainConfig(TrainerSettings):
         "flow-matching models, with --lora_rank: a BitsAndBytesConfig JSON file (configs/nf4.json) that stores the "
         "frozen transformer in 4 bits (QLoRA, as diffusers' newer DreamBooth scripts read it); the adapters stay fp32",
     )
+    cache_latents: bool = flag(
+        False,
+        "flow-matching models: draw each step's latents from the VAE's cached distribution (mean + std x noise), "
+        "as diffusers' SD3 script does with this flag; without it the cached mean, the same every step (the VAE "
+        "runs once before the first step either way)",
+    )
     without_t5: bool = flag(
         False,
         "flow-matching models: load no T5 encoder (the pipeline's text_encoder_3=None; its tokens are zeros), "
@@ -155,8 +164,15 @@ class TrainConfig(TrainerSettings):
                 f"--lora_blocks is a comma-separated list of block numbers, e.g. 0,1,2 (got {self.lora_blocks!r})"
             )
 
+    def t5_tokens(self) -> int:
+        """The T5 tokens a flow-matching run gives its transformer (zeros without T5), which sampling its result
+        must give too: ``--max_sequence_length``, else the model's profile's, else the SD3 script's 77."""
+        profile = profile_for_model(self.pretrained_model_name_or_path).max_sequence_length
+        return next(n for n in (self.max_sequence_length, profile, SD3_MAX_SEQUENCE_LENGTH) if n is not None)
+
     def flow_flags(self) -> list[str]:
         """The flow-matching flags this run sets: a run on SD 1.x refuses them."""
         names = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "precondition_outputs")
         names += ("max_sequence_length", "lora_layers", "lora_blocks", "bnb_quantization_config_path")
-        return [f"--{name}" for name in names if getattr(self, name) is not None] + ["--without_t5"] * self.without_t5
+        switches = [f"--{name}" for name in ("cache_latents", "without_t5") if getattr(self, name)]
+        return [f"--{name}" for name in names if getattr(self, name) is not None] + switches

@@ -16,13 +16,14 @@ The same three parts as the UNet's step (``helpers.dreambooth.step``), with flow
 from __future__ import annotations
 
 import contextlib
+import random
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from helpers.diffusion.flow import FlowObjective, on_path, prediction_and_target, sample_losses, schedule_at
-from helpers.diffusion.latents import encode as encode_latents
+from helpers.diffusion.latents import encode_distribution, preprocess
 from helpers.dreambooth.step import Batch, cached_rows
 
 
@@ -41,6 +42,21 @@ class FlowDreamBoothData:
     class_pooled: torch.Tensor | None = None
     captioned: int = 0  # photos whose prompt came from a caption file
     class_report: dict | None = None  # what the class-image cache did
+    # With --cache_latents, the latent distribution's spread: each step draws mean + std x noise, as the SD3
+    # script does; None: each step takes the mean (the course's default, the same latents every step).
+    instance_latent_std: torch.Tensor | None = None
+    class_latent_std: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What happens to the photos before the VAE: a random square (unless ``center_crop``), a flip for half of
+    them (``random_flip``), drawn once from ``seed``; ``sample``: keep the latents' spread (``--cache_latents``)."""
+
+    center_crop: bool = True
+    random_flip: bool = False
+    seed: int = 0
+    sample: bool = False
 
 
 @dataclass
@@ -68,12 +84,27 @@ def prepare_flow_data(
     class_prompt: str | None,
     resolution: int,
     max_sequence_length: int,
+    augment: Augment | None = None,
 ) -> FlowDreamBoothData:
-    """The photos and class images through the VAE once, the prompts through the text encoders once."""
+    """The photos and class images through the VAE once, the prompts through the text encoders once.
+
+    The photos are cropped (at random unless ``augment.center_crop``) and flipped (half of them, with
+    ``augment.random_flip``) once, before the VAE, as the SD3 script's dataset does it; ``augment.sample``
+    keeps the latent distribution's spread for a sample at every step (``--cache_latents``)."""
+    augment = augment or Augment()
+    rng = random.Random(augment.seed)
+    pixels = torch.stack(
+        [preprocess(im, resolution, augment.center_crop, rng, augment.random_flip) for im in instance_images]
+    )
+    latents, std = encode_distribution(pipe.vae, pixels)
     embeds, pooled = encode_prompts(pipe, instance_prompts, max_sequence_length)
-    data = FlowDreamBoothData(encode_latents(pipe.vae, instance_images, resolution), embeds, pooled, instance_prompts)
+    data = FlowDreamBoothData(latents, embeds, pooled, instance_prompts)
+    data.instance_latent_std = std if augment.sample else None
     if class_images:
-        data.class_latents = encode_latents(pipe.vae, class_images, resolution)
+        class_latents, class_std = encode_distribution(
+            pipe.vae, torch.stack([preprocess(im, resolution) for im in class_images])
+        )
+        data.class_latents, data.class_latent_std = class_latents, class_std if augment.sample else None
         data.class_embeds, data.class_pooled = encode_prompts(pipe, [class_prompt], max_sequence_length)
         data.class_prompt = class_prompt
     return data
@@ -120,6 +151,9 @@ def draw_flow_batch(
     u = objective.draw_u(len(latents), generator)
     noise = torch.randn(latents.shape, generator=generator)
     timesteps, sigmas = schedule_at(noise_scheduler, u)
+    if data.instance_latent_std is not None:  # --cache_latents: a sample of each row's latent distribution
+        std = cached_rows(data.instance_latent_std, data.class_latent_std, idx, cls_idx)
+        latents = latents + std * torch.randn(latents.shape, generator=generator)
     return FlowBatch(idx, cls_idx, latents, noise, timesteps, sigmas)
 
 

@@ -3,11 +3,14 @@
 It follows diffusers' ``examples/dreambooth/train_dreambooth_lora_sd3.py`` (its flags, its loss, its LoRA
 targets and file) on the course's one loop and settings: the step is ``helpers.dreambooth.flow_step``;
 checkpoints, resume, validation samples, the model card and the hub push come from ``helpers.dreambooth.base``,
-which the UNet trainer shares. The VAE and T5 stay frozen, so the
-photos, class images and prompts are encoded once before the first step (the SD3 script's
-``--cache_latents``, always on here, and its cached prompt embeddings); with ``--train_text_encoder`` the
-two CLIP encoders train too (LoRA adapters on their attention projections, as the SD3 script adds them, or
-every weight in a full fine-tune) and encode the batch's prompts at every step.
+which the UNet trainer shares. The VAE and T5 stay frozen, so the photos, class images and prompts go
+through them once before the first step, as with the SD3 script's ``--cache_latents`` and its cached prompt
+embeddings (the photos cropped and flipped once before that, as its dataset does); each step takes the
+latents' mean, or with ``--cache_latents`` a sample of their distribution, as the SD3 script does. With
+``--train_text_encoder`` the two CLIP encoders train too (LoRA adapters on their attention projections, as the
+SD3 script adds them, or every weight in a full fine-tune) and encode the batch's prompts at every step. With
+``--bnb_quantization_config_path`` the frozen transformer is 4-bit (QLoRA, ``helpers.diffusion.quantize``), and
+the encoders and VAE wait on the CPU once the cache holds their output.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from helpers.diffusion.lora import TEXT_ENCODER_TARGETS, adapters_only_checkpoin
 from helpers.diffusion.profiles import model_family, profile_for_model
 from helpers.diffusion.quantize import check_backend, quantize_linears, read_quantization
 from helpers.dreambooth.base import BaseTrainer
-from helpers.dreambooth.flow_step import FlowDreamBoothData, flow_dreambooth_step, prepare_flow_data
+from helpers.dreambooth.flow_step import Augment, FlowDreamBoothData, flow_dreambooth_step, prepare_flow_data
 from helpers.dreambooth.instances import load_instances
 from helpers.training.loop import pretrained_checkpoints, step_generator, weight_dtype
 
@@ -39,7 +42,6 @@ SD3_LORA_TARGETS = [
     "attn.to_q",
     "attn.to_v",
 ]
-SD3_MAX_SEQUENCE_LENGTH = 77  # the SD3 script's default T5 tokens, where the profile has none
 UNET_ONLY = {
     "snr_gamma": "min-SNR weights DDPM's noise loss; a flow-matching model weights by --weighting_scheme",
     "offset_noise": "offset noise shifts DDPM's noise; flow matching draws plain Gaussian noise",
@@ -78,7 +80,7 @@ class FlowTrainer(BaseTrainer):
         if self.quantization:
             check_backend(acc.device)
         # A LoRA run trains fp32 adapters on a frozen base, which loads in the run's precision at once: SD 3.5
-        # Medium's pipeline without T5 is 6.8 GB in fp16 and 13.6 GB in fp32, more than a free Colab's RAM.
+        # Medium's pipeline without T5 is 6.7 GB in fp16, and 13.5 GB in fp32 would outgrow a free Colab's RAM.
         dtype = self.weight_dtype if cfg.lora_rank else torch.float32
         without = {"text_encoder_3": None, "tokenizer_3": None} if cfg.without_t5 else {}
         with loading(self.model_path, cfg.variant, cfg.revision):
@@ -124,10 +126,7 @@ class FlowTrainer(BaseTrainer):
         profile = profile_for_model(cfg.pretrained_model_name_or_path)
         self.resolution = cfg.resolution or self.transformer.config.sample_size * vae_scale_factor(self.vae.config)
         self.guidance_scale = profile.guidance_scale
-        tokens = next(
-            n for n in (cfg.max_sequence_length, profile.max_sequence_length, SD3_MAX_SEQUENCE_LENGTH) if n is not None
-        )
-        self.pipeline_kwargs = {"max_sequence_length": tokens}
+        self.pipeline_kwargs = {"max_sequence_length": cfg.t5_tokens()}
         self.objective = FlowObjective(
             cfg.weighting_scheme or "logit_normal",
             0.0 if cfg.logit_mean is None else cfg.logit_mean,
@@ -153,6 +152,7 @@ class FlowTrainer(BaseTrainer):
                 cfg.class_prompt,
                 self.resolution,
                 self.pipeline_kwargs["max_sequence_length"],
+                Augment(cfg.center_crop, cfg.random_flip, cfg.seed, cfg.cache_latents),
             )
             self.data.class_report, self.data.captioned = class_report, instances.captioned
             self._park()

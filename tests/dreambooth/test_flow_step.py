@@ -110,6 +110,39 @@ def test_one_generator_draws_one_batch_and_the_weighting_scheme_moves_the_timest
     assert ((draws[0].sigmas >= 0) & (draws[0].sigmas <= 1)).all()
 
 
+def test_cache_latents_draws_each_row_from_its_latent_distribution_after_the_usual_draws(pipe, images):
+    photos, classes = images
+    args = (pipe, photos, [INSTANCE] * 3, classes, CLASS, 64, 0)
+    mean = flow_step.prepare_flow_data(*args)
+    sampled = flow_step.prepare_flow_data(*args, flow_step.Augment(sample=True))
+    assert mean.instance_latent_std is None and torch.equal(sampled.instance_latents, mean.instance_latents)
+    with torch.no_grad():
+        dist = pipe.vae.encode(torch.stack([preprocess(p, 64) for p in photos])).latent_dist
+    torch.testing.assert_close(sampled.instance_latent_std, dist.std * pipe.vae.config.scaling_factor)
+    sched, objective = _scheduler(pipe), FlowObjective()
+    plain = flow_step.draw_flow_batch(mean, sched, objective, 2, torch.Generator().manual_seed(3))
+    drawn = flow_step.draw_flow_batch(sampled, sched, objective, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(plain.noise, drawn.noise) and torch.equal(plain.sigmas, drawn.sigmas)  # same draws first
+    replay = torch.Generator().manual_seed(3)
+    flow_step.draw_flow_batch(mean, sched, objective, 2, replay)  # the same draws, then one more for the sample
+    std = torch.cat([sampled.instance_latent_std[drawn.instance_index], sampled.class_latent_std[drawn.class_index]])
+    torch.testing.assert_close(drawn.latents, plain.latents + std * torch.randn(plain.latents.shape, generator=replay))
+
+
+def test_photos_are_flipped_and_cropped_once_before_the_vae_as_the_sd3_scripts_dataset_does(pipe, images):
+    import random
+
+    photos = [p.resize((96, 64)) for p in images[0]]  # wider than tall: a random crop has room to move
+    augment = flow_step.Augment(center_crop=False, random_flip=True, seed=5)
+    data = flow_step.prepare_flow_data(pipe, photos, [INSTANCE] * 3, [], CLASS, 64, 0, augment)
+    rng = random.Random(5)
+    pixels = torch.stack([preprocess(p, 64, False, rng, True) for p in photos])
+    with torch.no_grad():
+        want = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(data.instance_latents, want)
+    assert not torch.equal(data.instance_latents, encode(pipe.vae, photos, 64))  # not the plain centre crops
+
+
 def _clip_grads(pipe, data, batch) -> list[torch.Tensor]:
     """The encodings of ``batch`` through the CLIP encoders by hand, against the cache; their gradients."""
     clips = [pipe.text_encoder, pipe.text_encoder_2]

@@ -13,7 +13,7 @@ from helpers.core.paths import ROOT
 from helpers.diffusion.generate import generate_images
 from helpers.diffusion.lora import WEIGHTS, check_fits
 from helpers.diffusion.profiles import load_pipeline
-from helpers.dreambooth import cli
+from helpers.dreambooth import cli, flow_step
 from helpers.dreambooth.flow_trainer import SD3_LORA_TARGETS, FlowTrainer, lora_targets
 from helpers.dreambooth.trainer import TrainConfig, train
 
@@ -129,6 +129,20 @@ def test_the_sd3_flags_reach_the_step(tmp_path):
     assert trainer.precondition_outputs is False and trainer.pipeline_kwargs == {"max_sequence_length": 0}
     default = FlowTrainer(_config(tmp_path / "d"))
     assert default.precondition_outputs is True and default.objective.weighting_scheme == "logit_normal"
+    flipped = FlowTrainer(_config(tmp_path / "f", random_flip=True, center_crop=True, cache_latents=True, seed=3))
+    data = flipped.prepare()
+    want = flow_step.prepare_flow_data(
+        flipped.pipe, *_photos(), [], None, 64, 0, flow_step.Augment(True, True, 3, sample=True)
+    )
+    assert torch.equal(data.instance_latents, want.instance_latents) and data.instance_latent_std is not None
+    assert not torch.equal(data.instance_latents, default.prepare().instance_latents)  # some photos flipped
+
+
+def _photos() -> tuple[list, list[str]]:
+    from helpers.dreambooth.instances import load_instances
+
+    instances = load_instances(SUBJECT, 64, "a photo of sks dog", None)
+    return instances.images, instances.prompts
 
 
 def test_a_resumed_full_fine_tune_ends_where_an_unbroken_one_does(tmp_path, killed_run):
@@ -174,6 +188,7 @@ def test_a_unet_only_flag_on_a_flow_model_is_one_line_and_writes_nothing(tmp_pat
     [
         ("--weighting_scheme=logit_normal", "--weighting_scheme only apply to flow-matching models"),
         ("--precondition_outputs=1", "--precondition_outputs only apply to flow-matching models"),
+        ("--cache_latents", "--cache_latents only apply to flow-matching models"),
     ],
 )
 def test_a_flow_flag_on_sd_1x_is_one_line_and_writes_nothing(tmp_path, one_line_error, flag, words):

@@ -127,6 +127,9 @@ def test_a_qlora_run_trains_fp32_adapters_on_a_4_bit_base_and_they_load_into_the
     data = trainer.data
     assert (data.instance_embeds[:, 77:] == 0).all() and data.instance_embeds.shape[1] == 77 + 8  # no T5: zeros
     assert all(p.device.type == "cpu" for part in [*trainer.encoders, trainer.vae] for p in part.parameters())
+    card = (tmp_path / "q" / "out" / "README.md").read_text()
+    assert "4-bit NF4 (QLoRA)" in card and "text_encoder_3=None, tokenizer_3=None" in card  # how to load it
+    assert 'pipe("a photo of sks dog", max_sequence_length=8)' in card  # sampled as it was trained
     plain = FlowTrainer(_config(sd3_folders, tmp_path / "plain"))
     plain.train()
     saved = load_file(tmp_path / "q" / "out" / WEIGHTS)
@@ -199,3 +202,13 @@ def test_bitsandbytes_without_4_bit_kernels_for_the_device_is_one_line(tmp_path,
     line = one_line_error(cli.main, [*argv, f"--bnb_quantization_config_path={NF4}"])
     assert "bitsandbytes' 4-bit kernels on cpu, which did not run (no 4-bit kernel for this device)" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_qlora_run_resumes_where_it_stopped(sd3_folders, tmp_path, killed_run):
+    kw = dict(bnb_quantization_config_path=NF4, max_train_steps=4, checkpointing_steps=2, learning_rate=1e-3)
+    kw |= dict(with_prior_preservation=False)
+    whole = FlowTrainer(_config(sd3_folders, tmp_path / "whole", **kw)).train()
+    killed_run(FlowTrainer, lambda: FlowTrainer(_config(sd3_folders, tmp_path / "cut", **kw)).train(), 3)
+    assert (tmp_path / "cut" / "out" / "checkpoint-2" / WEIGHTS).exists()
+    resumed = FlowTrainer(_config(sd3_folders, tmp_path / "cut", resume_from_checkpoint="latest", **kw)).train()
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-5)
