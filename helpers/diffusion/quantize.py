@@ -43,11 +43,15 @@ def read_quantization(path: str | Path) -> Quantization:
     one line that says what to write instead."""
     path = Path(path).expanduser()
     fix = 'write e.g. {"load_in_4bit": true, "bnb_4bit_quant_type": "nf4"} (configs/nf4.json)'
+    if path.is_dir():
+        raise UsageError(
+            f"--bnb_quantization_config_path {path} is a folder: pass a JSON file such as configs/nf4.json"
+        )
     try:
         settings = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"--bnb_quantization_config_path {path} does not exist: {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"--bnb_quantization_config_path {path} is not a JSON file ({err}): {fix}") from None
     if not isinstance(settings, dict):
         raise UsageError(f"--bnb_quantization_config_path {path} holds no JSON object: {fix}")

@@ -40,6 +40,7 @@ def test_the_shipped_config_is_nf4_and_bad_files_are_one_line_each(tmp_path):
     assert quantize.read_quantization(NF4) == quantize.Quantization("nf4", False)
     cases = {
         "missing.json": (None, "does not exist"),
+        "folder": (None, "is a folder"),
         "broken.json": ("{load_in_4bit: true", "is not a JSON file"),
         "list.json": ("[1]", "holds no JSON object"),
         "eight.json": ('{"load_in_8bit": true}', "asks for an 8-bit base"),
@@ -47,6 +48,7 @@ def test_the_shipped_config_is_nf4_and_bad_files_are_one_line_each(tmp_path):
         "off.json": ('{"load_in_4bit": false}', "does not set load_in_4bit"),
         "int4.json": ('{"load_in_4bit": true, "bnb_4bit_quant_type": "int4"}', "'int4' is unknown"),
     }
+    (tmp_path / "folder").mkdir()
     for name, (text, words) in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)
