@@ -28,6 +28,11 @@ LICENCES = {
     "toy-flow": "apache-2.0",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m",
 }
+# ComfyUI's LoRA loader maps diffusers' SD3 keys (transformer.transformer_blocks.N.attn.to_q.lora_A.weight, ...)
+# onto its MMDiT (comfy/lora.py, model_lora_keys_unet), so the file needs no conversion.
+COMFYUI = (
+    "ComfyUI: put `pytorch_lora_weights.safetensors` in `models/loras` and load it with a LoRA loader node as it is."
+)
 TOY_FOLDERS = {"toy": "data/toy-sd", "toy-flow": "data/toy-flow"}  # where a learner's clone keeps each toy
 
 
@@ -156,6 +161,7 @@ def _body(config, result, samples: list[str]) -> str:
         load,
         f'image = pipe("{config.instance_prompt}"{call}).images[0]',
         "```",
+        *(["", COMFYUI] if flow and lora else []),
         "",
         "## Training",
         "",

@@ -45,7 +45,8 @@ SD3_LORA_TARGETS = [
 UNET_ONLY = {
     "snr_gamma": "min-SNR weights DDPM's noise loss; a flow-matching model weights by --weighting_scheme",
     "offset_noise": "offset noise shifts DDPM's noise; flow matching draws plain Gaussian noise",
-    "output_kohya_format": "the kohya export reads the UNet's LoRA keys; a flow-matching LoRA has none",
+    "output_kohya_format": "ComfyUI loads its pytorch_lora_weights.safetensors as it is (diffusers' SD3 keys, "
+    "transformer.*), so there is nothing to export",
 }
 
 

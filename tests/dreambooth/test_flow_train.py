@@ -172,7 +172,7 @@ def test_a_lora_run_checkpoints_its_adapters_only_and_resumes_where_it_stopped(t
     [
         ("--snr_gamma=5", "--snr_gamma does not apply to"),
         ("--offset_noise", "--offset_noise does not apply to"),
-        ("--lora_rank=4 --output_kohya_format", "--output_kohya_format does not apply to"),
+        ("--lora_rank=4 --output_kohya_format", "ComfyUI loads its pytorch_lora_weights.safetensors as it is"),
     ],
 )
 def test_a_unet_only_flag_on_a_flow_model_is_one_line_and_writes_nothing(tmp_path, one_line_error, flag, words):

@@ -132,6 +132,7 @@ def test_a_qlora_run_trains_fp32_adapters_on_a_4_bit_base_and_they_load_into_the
     card = (tmp_path / "q" / "out" / "README.md").read_text()
     assert "4-bit NF4 (QLoRA)" in card and "text_encoder_3=None, tokenizer_3=None" in card  # how to load it
     assert 'pipe("a photo of sks dog", max_sequence_length=8)' in card  # sampled as it was trained
+    assert "ComfyUI: put `pytorch_lora_weights.safetensors` in `models/loras`" in card
     plain = FlowTrainer(_config(sd3_folders, tmp_path / "plain"))
     plain.train()
     saved = load_file(tmp_path / "q" / "out" / WEIGHTS)
