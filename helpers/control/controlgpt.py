@@ -27,11 +27,11 @@ from PIL import Image
 
 from helpers.control import tikz
 from helpers.control.controlnet import draw, held_out_samples, load_controlnet_pipeline, true_layout
-from helpers.control.planner import ChatPlanner, Plan, Planner, RuleBasedPlanner, plan
+from helpers.control.planner import ChatPlanner, LocalPlanner, Plan, Planner, RuleBasedPlanner, plan
 from helpers.core.errors import UsageError
 from helpers.core.folders import building, check_output
 from helpers.core.numbers import at_least, finite, seed_in_range
-from helpers.diffusion.profiles import TOY_CONTROLNET, TOY_LOCATOR, load_pipeline
+from helpers.diffusion.profiles import TOY_CONTROLNET, TOY_LOCATOR, choose_profile, load_pipeline
 
 if TYPE_CHECKING:
     from helpers.toy.locator import Found
@@ -58,13 +58,19 @@ def planned_sketch(planner: Planner, prompt: str, size: int = SIZE) -> tuple[Pla
     return accepted, tikz.render(accepted.drawing, size, labels="glyph")
 
 
-def make_planner(name: str) -> Planner:
-    """``rules`` (offline, not an LLM) or ``chat`` (the endpoint in CONTROLGPT_BASE_URL)."""
+def make_planner(name: str | None = None) -> Planner:
+    """``rules`` (offline, not an LLM), ``local`` (an open LLM on this machine, ``planner.LOCAL_MODEL``) or
+    ``chat`` (the endpoint in CONTROLGPT_BASE_URL); None: ``local`` where the course would pick a real model (a
+    CUDA GPU and the hub, ``choose_profile``), else ``rules``."""
+    if name is None:
+        name = "local" if not choose_profile().is_toy else "rules"
     if name == "rules":
         return RuleBasedPlanner()
+    if name == "local":
+        return LocalPlanner()
     if name == "chat":
         return ChatPlanner()
-    raise UsageError(f"--planner must be rules or chat, not {name!r}")
+    raise UsageError(f"--planner must be rules, local or chat, not {name!r}")
 
 
 def compare(
@@ -165,7 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     dr.add_argument("--seed", type=int, default=0)
     for p in (ev, dr):
         p.add_argument("--controlnet", default=str(TOY_CONTROLNET), help="a ControlNet folder (default: the toy one)")
-        p.add_argument("--planner", default="rules", help="rules (offline stand-in, not an LLM) or chat")
+        p.add_argument(
+            "--planner",
+            default="rules",
+            help="rules (offline stand-in, not an LLM), local (Qwen2.5-1.5B-Instruct) or chat",
+        )
         p.add_argument("--controlnet_conditioning_scale", type=float, default=1.0)
     args = parser.parse_args(argv)
     _check(args)

@@ -1,8 +1,11 @@
 """Layout planners for ControlGPT: a prompt in, TikZ code of the scene's layout out.
 
 ControlGPT (Zhang et al., 2023) asks GPT-4 to "draw" the prompt as TikZ, then renders that code
-into the sketch a ControlNet follows. Two planners share one interface here:
+into the sketch a ControlNet follows. Three planners share one interface here:
 
+- `LocalPlanner`: an open instruction-tuned language model run on the learner's own GPU by
+  transformers (``LOCAL_MODEL``, Qwen2.5-1.5B-Instruct, by default), through its chat template with
+  greedy decoding: no API key, fetched from the hub once.
 - `ChatPlanner`: any OpenAI-compatible chat endpoint (``CONTROLGPT_BASE_URL``,
   ``CONTROLGPT_API_KEY``, ``CONTROLGPT_MODEL``), with a prompt in the paper's style. Never needed
   for CI or the toy course.
@@ -84,6 +87,15 @@ def _thing(words: str, prompt: str) -> Thing:
             f"no object class in {words.strip()!r} of {prompt!r}: name one of {', '.join(toyworld.CLASSES)}"
         )
     return Thing(found["class"], found["colour"])
+
+
+def chat_messages(prompt: str, feedback: str | None = None) -> list[dict[str, str]]:
+    """What every language-model planner is sent: the system prompt, the prompt, and the reader's error on the
+    previous answer, if any, with a request to write the code again (the paper's feedback loop)."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+    if feedback:
+        messages.append({"role": "user", "content": f"Your code failed: {feedback}. Write it again."})
+    return messages
 
 
 class Planner(Protocol):
@@ -170,9 +182,7 @@ class ChatPlanner:
         self.name = f"chat: {self.model}"
 
     def __call__(self, prompt: str, feedback: str | None = None) -> str:
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-        if feedback:
-            messages.append({"role": "user", "content": f"Your code failed: {feedback}. Write it again."})
+        messages = chat_messages(prompt, feedback)
         body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
         data = self._post(body)
         try:
@@ -226,6 +236,68 @@ class ChatPlanner:
                 raise too_big
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+# Qwen2.5-1.5B-Instruct: Apache-2.0 and ungated (no hub token on Colab), a chat template, trained on code as
+# well as text, and 3.1 GB in fp16, which a 15 GB T4 holds beside SD 1.5 and its ControlNet (the family's 3 B
+# model comes under a research-only licence).
+LOCAL_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+class LocalPlanner:
+    """An instruction-tuned causal language model as the planner, run here by transformers: the chat template
+    of the model, greedy decoding (the same layout for the same prompt, as the chat planner's temperature 0),
+    at most ``max_new_tokens`` tokens, the same system prompt and error feedback as `ChatPlanner`.
+
+    ``model`` is a hub id or a local folder; a loaded ``(model, tokenizer)`` pair may be passed instead."""
+
+    def __init__(
+        self,
+        model: str = LOCAL_MODEL,
+        device: str | None = None,
+        max_new_tokens: int = MAX_TOKENS,
+        loaded: tuple | None = None,
+    ) -> None:
+        import torch
+
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens must be a positive number of tokens (got {max_new_tokens!r})")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer = loaded or _load_causal_lm(model, self.device)
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise UsageError(f"{model} has no chat template: use an instruction-tuned model, e.g. {LOCAL_MODEL}")
+        self.max_new_tokens = max_new_tokens
+        self.name = f"local: {model if loaded is None else type(self.model).__name__}"
+
+    def __call__(self, prompt: str, feedback: str | None = None) -> str:
+        import torch
+
+        ids = self.tokenizer.apply_chat_template(
+            chat_messages(prompt, feedback), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.model.device)
+        with torch.no_grad():
+            out = self.model.generate(
+                **ids,
+                do_sample=False,
+                max_new_tokens=self.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
+        answer = self.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        return extract_code(answer)
+
+
+def _load_causal_lm(model: str, device: str) -> tuple:
+    """The model (fp16 on a GPU, fp32 on a CPU) and its tokenizer; a failed load is one line."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.diffusion.loading import loading
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    with loading(model):
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+    return lm, tokenizer
 
 
 def extract_code(answer: str) -> str:
