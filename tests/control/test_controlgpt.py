@@ -75,7 +75,7 @@ def test_draw_writes_code_sketch_and_image(tiny_controlnet, tmp_path):
 def test_bad_input_is_one_line(tmp_path, run_tool, monkeypatch):
     with pytest.raises(UsageError, match="--count must be a positive"):
         controlgpt.compare(count=0)
-    with pytest.raises(UsageError, match="--planner must be rules or chat"):
+    with pytest.raises(UsageError, match="--planner must be rules, local or chat"):
         controlgpt.make_planner("gpt")
     monkeypatch.delenv("CONTROLGPT_BASE_URL", raising=False)
     with pytest.raises(UsageError, match="CONTROLGPT_BASE_URL"):
