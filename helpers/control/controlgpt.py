@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from helpers.control import tikz
-from helpers.control.controlnet import draw, held_out_samples, load_controlnet_pipeline, true_layout
+from helpers.control.controlnet import (
+    CONDITIONING_SCALE,
+    GUIDANCE_SCALE,
+    draw,
+    held_out_samples,
+    load_controlnet_pipeline,
+    true_layout,
+)
 from helpers.control.planner import ChatPlanner, LocalPlanner, Plan, Planner, RuleBasedPlanner, plan
 from helpers.core.errors import UsageError
 from helpers.core.folders import building, check_output
@@ -152,7 +159,8 @@ def draw_prompts(
 def _check(args: argparse.Namespace) -> None:
     """Numbers that cannot work (argparse's float takes inf and nan) end in one line before any model loads."""
     seed_in_range("--seed", args.seed)
-    finite("--controlnet_conditioning_scale", args.controlnet_conditioning_scale, "pass e.g. 1.0 (0 turns it off)")
+    finite("--controlnet_conditioning_scale", args.controlnet_conditioning_scale, "pass e.g. 1.5 (0 turns it off)")
+    at_least("--guidance_scale", args.guidance_scale, 1.0, "pass e.g. 2.0, or 1.0 for no guidance")
     if args.command == "evaluate":
         at_least("--count", args.count, 1, "pass how many held-out prompts to score, e.g. 48")
 
@@ -176,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
             default="rules",
             help="rules (offline stand-in, not an LLM), local (Qwen2.5-1.5B-Instruct) or chat",
         )
-        p.add_argument("--controlnet_conditioning_scale", type=float, default=1.0)
+        p.add_argument("--controlnet_conditioning_scale", type=float, default=CONDITIONING_SCALE)
+        p.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance")
     args = parser.parse_args(argv)
     _check(args)
     configure_cpu()
@@ -184,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         controlnet=args.controlnet,
         planner=make_planner(args.planner),
         conditioning_scale=args.controlnet_conditioning_scale,
+        guidance_scale=args.guidance_scale,
     )
     if args.command == "evaluate":
         print(json.dumps(evaluate(args.seed, args.count, **kw), indent=2))

@@ -26,7 +26,15 @@ from pathlib import Path
 
 import torch
 
-from helpers.control.controlnet import build_controlnet, check_fits, controlnet_pipeline, layout_scores, load_controlnet
+from helpers.control.controlnet import (
+    CONDITIONING_SCALE,
+    GUIDANCE_SCALE,
+    build_controlnet,
+    check_fits,
+    controlnet_pipeline,
+    layout_scores,
+    load_controlnet,
+)
 from helpers.control.dataset import DESCRIPTION, Entry, read_index
 from helpers.control.step import ControlNetData, ControlNetModels, controlnet_step
 from helpers.core.atomic import write_text_atomic
@@ -329,7 +337,9 @@ def model_card(config: ControlNetConfig, result: ControlNetResult, device: str) 
     if result.validation:
         lines += [
             "",
-            f"Held-out layouts drawn and read by the toy locator ({config.validation_layouts} per row):",
+            f"Held-out layouts drawn and read by the toy locator ({config.validation_layouts} per row; drawn as "
+            f"`helpers.control.controlnet.draw` draws them: guidance {GUIDANCE_SCALE}, conditioning scale "
+            f"{CONDITIONING_SCALE}):",
             "",
             "| step | object accuracy | relation accuracy |",
             "|---|---|---|",
