@@ -21,7 +21,7 @@ import re
 import warnings
 from pathlib import Path
 
-from helpers.core.errors import UsageError
+from helpers.core.errors import UsageError, first_line
 from helpers.diffusion.profiles import hub_reachable
 
 IGNORED = ["checkpoint-*", "logs/*", ".*", "*/.*"]  # never uploaded, whatever the list of files says
@@ -122,7 +122,7 @@ def push_folder(folder: Path, hub_model_id: str | None, token: str | None, priva
             token=token,
         )
     except Exception as err:  # network, authentication or hub errors alike: the folder is safe either way
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         warnings.warn(
             f"could not push {folder} to the hub ({reason}); it is saved there: push it later with "
             f"`{push_later(folder, hub_model_id, private)}`",

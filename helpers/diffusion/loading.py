@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.core.errors import UsageError
+from helpers.core.errors import UsageError, first_line
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # The hub models the course fetches: SD 1.5, SD 3.5 Medium (the flow-matching family's real model), and
@@ -77,7 +77,7 @@ def explain(model: str, err: BaseException, revision: str | None = None) -> str:
     from huggingface_hub import errors
 
     names = {type(e).__name__ for e in _chain(err)}
-    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    first = first_line(err)
     if Path(model).expanduser().is_dir():
         return f"could not load {model!r} ({first}): is it a complete folder written by save_pretrained?"
     if names & {errors.RevisionNotFoundError.__name__}:

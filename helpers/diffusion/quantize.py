@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.core.errors import UsageError
+from helpers.core.errors import UsageError, first_line
 
 QUANT_TYPES = ("nf4", "fp4")
 # The keys the 4-bit path reads; the compute dtype follows --mixed_precision, as in diffusers' scripts.
@@ -76,7 +76,7 @@ def check_backend(device: torch.device | str) -> None:
         probe = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to(device)
         probe(torch.zeros(1, 64, device=device))
     except Exception as err:  # an import, a missing kernel, a driver: all end the same way for the learner
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        reason = first_line(err)
         raise UsageError(
             f"a 4-bit base needs bitsandbytes' 4-bit kernels on {device}, which did not run ({reason}): "
             "pip install 'bitsandbytes>=0.50', or leave out --bnb_quantization_config_path"

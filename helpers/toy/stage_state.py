@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from helpers.core.atomic import save_torch_atomic
-from helpers.core.errors import UsageError
+from helpers.core.errors import UsageError, first_line
 
 STATE = "state.pt"
 
@@ -39,7 +39,7 @@ def load_tensors(path: Path) -> Any:
             f"and is not loaded (unpickling them could run any code): delete it to start again"
         ) from None
     except (RuntimeError, EOFError) as err:
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        reason = first_line(err, 120)
         raise UsageError(f"{path} cannot be read ({reason}): delete it to start again") from None
 
 
