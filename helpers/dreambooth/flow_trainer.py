@@ -172,6 +172,7 @@ class FlowTrainer(BaseTrainer):
         return self._live_pipeline() if self.quantization else super()._pipeline()
 
     def _validate(self, pipe, step: int) -> None:
+        """The shared validation (which moves the whole pipeline to the device), then the encoders parked again."""
         super()._validate(pipe, step)
         if pipe is self.pipe:
             self._park()
