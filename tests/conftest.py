@@ -4,13 +4,15 @@ from pathlib import Path
 
 import pytest
 
+from helpers.course import runner
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("COURSE_OUTPUTS", str(ROOT / "outputs" / "test-run"))
 
 # Notebooks 03-07 share the cached class images of the toy's "a photo of dog" (one folder per seed), so they
 # must not run side by side; `make test` runs them one after another beside a second stream of everything else.
-SHARED_CLASS_IMAGES = ("notebooks/03_", "notebooks/04_", "notebooks/05_", "notebooks/06_", "notebooks/07_")
+SHARED_CLASS_IMAGES = tuple(f"notebooks/{prefix}" for prefix in runner.SHARED_CLASS_IMAGES)
 # Notebook 12 caches the toy flow model's class images, which no other notebook reads: it may run in either stream.
 OWN_CLASS_IMAGES = ("notebooks/12_",)
 

@@ -88,3 +88,50 @@ def test_every_notebook_that_caches_class_images_runs_in_the_make_test_stream_th
         if "class_data_dir(" in path.read_text() and not f"notebooks/{path.name}".startswith(OWN_CLASS_IMAGES)
     }
     assert users and all(name.startswith(SHARED_CLASS_IMAGES) for name in users), sorted(users)
+
+
+def test_the_notebooks_sharing_class_images_are_one_unit_in_order_and_every_other_notebook_its_own():
+    names = ["00_setup", "03_priors", "04_dreambooth", "05_drift", "08_upscaler", "12_flow"]
+    units = runner.work_units([Path(f"{n}.ipynb") for n in names])
+    assert [[nb.stem for nb in unit] for unit in units] == [
+        ["03_priors", "04_dreambooth", "05_drift"],
+        ["00_setup"],
+        ["08_upscaler"],
+        ["12_flow"],
+    ]
+
+
+def _timed_notebook(folder: Path, name: str, log: Path) -> Path:
+    """A notebook that logs when it starts and ends, and the threads its kernel was given."""
+    path = folder / f"{name}.ipynb"
+    source = (
+        "import os, time\n"
+        f"log = open({str(log)!r}, 'a')\n"
+        f"log.write(f'{name} start {{time.time()}} {{os.environ.get(\"OMP_NUM_THREADS\")}}\\n'); log.flush()\n"
+        "time.sleep(1.5)\n"
+        f"log.write(f'{name} end {{time.time()}} -\\n'); log.close()"
+    )
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)]), path)
+    return path
+
+
+def test_two_jobs_run_notebooks_side_by_side_at_half_the_threads_but_keep_the_shared_ones_in_order(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    log = tmp_path / "log.txt"
+    chosen = [_timed_notebook(tmp_path, n, log) for n in ("03_a", "04_b", "09_c")]
+    (tmp_path / "out" / "notebooks").mkdir(parents=True)
+    report = runner.run_course(chosen, tmp_path / "out", jobs=2)
+    assert sorted(name for name, _ in report) == ["03_a.ipynb", "04_b.ipynb", "09_c.ipynb"]
+    assert all(isinstance(seconds, float) for _, seconds in report)
+    events = {(n, what): (float(t), threads) for n, what, t, threads in (line.split() for line in log.open())}
+    assert events[("03_a", "end")][0] <= events[("04_b", "start")][0]  # the shared unit, in order
+    assert events[("09_c", "start")][0] < events[("03_a", "end")][0]  # beside it, not after it
+    assert {threads for (_, what), (_, threads) in events.items() if what == "start"} == {"1"}
+
+
+def test_a_job_count_below_one_is_one_line():
+    with pytest.raises(runner.UsageError, match=r"--jobs 0: give 1 or more"):
+        runner.main(["--jobs", "0"])
