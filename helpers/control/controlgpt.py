@@ -44,6 +44,12 @@ if TYPE_CHECKING:
     from helpers.toy.locator import Found
 
 METHODS = ("plain", "controlnet_true_layout", "controlgpt")
+# The methods as a reader names them, for tables and figures (the keys stay the JSON's)
+METHOD_LABELS = {
+    "plain": "plain text-to-image",
+    "controlnet_true_layout": "ControlNet, true layout",
+    "controlgpt": "ControlGPT",
+}
 SIZE = 64
 TOOL = "helpers.controlgpt"
 

@@ -123,10 +123,11 @@ def load_controlnet_pipeline(path: str | Path = TOY_CONTROLNET, model: str = "to
 
 # Two-object prompts want little classifier-free guidance: the prompt names both classes but cannot say which
 # goes where, so guidance pushes both everywhere and overrules the sketch; a conditioning scale above 1 lets the
-# sketch speak louder. The toy ControlNet on held-out true layouts (object accuracy; relation is within a point):
-# guidance 7 and scale 1, 0.27 (64 layouts, the ControlNet before the current one); guidance 7 and scale 1.5,
-# 0.40; guidance 2 and scale 1.5, 0.67, 0.74, 0.70 on three sets of 128; guidance 1.5 and scale 2, 0.70, 0.76,
-# 0.73 (benchmarks/controlgpt_relations.py --guidance_scale G --conditioning_scale S measures any pair).
+# sketch speak louder. The shipped toy ControlNet on its card's 128 held-out true layouts (object accuracy;
+# relation within 3 points): guidance 7 and scale 1, 0.59; guidance 7 and scale 2, 0.60; guidance 1.5 and
+# scale 2, 0.76. The 8000-step ControlNet before it: guidance 7 and scale 1.5, 0.40; guidance 2 and scale 1.5,
+# 0.67-0.74 and guidance 1.5 and scale 2, 0.70-0.76 on three sets of 128 (benchmarks/controlgpt_relations.py
+# --seeds 0 --count 128 --guidance_scale G --conditioning_scale S measures any pair).
 GUIDANCE_SCALE = 1.5
 CONDITIONING_SCALE = 2.0
 

@@ -40,7 +40,7 @@ def test_held_out_samples_are_held_out_and_repeatable():
 
 def test_compare_draws_the_same_prompts_three_ways(tiny_controlnet):
     outcomes = controlgpt.compare(seed=1, count=2, controlnet=tiny_controlnet, steps=3)
-    assert list(outcomes) == list(controlgpt.METHODS)
+    assert list(outcomes) == list(controlgpt.METHODS) == list(controlgpt.METHOD_LABELS)  # each has a reader's name
     samples = held_out_samples(2, seed=1)
     assert outcomes["plain"].sketches is None
     truth = outcomes["controlnet_true_layout"].sketches
