@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(outcome for _, outcome in report if isinstance(outcome, float))
     print(
         f"{'all notebooks':45s} {total:7.1f} s of notebooks, {time.perf_counter() - start:.1f} s on the clock "
-        f"({args.jobs} side by side) -> {output}/notebooks, {output}/figures"
+        f"({args.jobs} at a time) -> {output}/notebooks, {output}/figures"
     )
     failed = [name for name, outcome in report if isinstance(outcome, NotebookFailed)]
     if failed:
